@@ -1,0 +1,105 @@
+"""Checks the hyperparameters of L4 and turns them into an `L4.rule.Rule`.
+
+Both front ends build their rule here, so a bad argument gets the same
+`ValueError` from ``L4.L4Adam`` and from ``L4.compat.L4Adam``.
+"""
+
+import inspect
+import math
+import numbers
+
+from L4 import rule as l4_rule
+
+# Defaults of the original release (L4_SPEC.md).
+FRACTION = 0.15
+MINLOSS_FACTOR = 0.9
+INIT_FACTOR = 0.75
+MINLOSS_FORGET_TIME = 1000.0
+EPSILON = 1e-12
+
+
+def check_number(name, value, low=None, high=None, low_open=False):
+    """Returns ``value`` as a float if it is a finite real number in range.
+
+    The range is ``[low, high]``, or ``(low, high]`` with ``low_open``.
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+    ):
+        raise ValueError(
+            f"`{name}` must be a finite real number. Received: {name}={value!r}"
+        )
+    value = float(value)
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        left = "(" if low_open else "["
+        bounds = f"{left}{low if low is not None else '-inf'}, "
+        bounds += f"{high if high is not None else 'inf'}]"
+        raise ValueError(
+            f"`{name}` must be in the range {bounds}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def make_estimator(arg_name, kind, params, params_name):
+    """The `Estimator` named ``kind`` ('momentum' or 'adam') with ``params``."""
+    if kind not in l4_rule.ESTIMATORS:
+        raise ValueError(
+            f"`{arg_name}` must be one of {sorted(l4_rule.ESTIMATORS)}. "
+            f"Received: {arg_name}={kind!r}"
+        )
+    factory = l4_rule.ESTIMATORS[kind]
+    params = dict(params or {})
+    valid = list(inspect.signature(factory).parameters)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Unknown parameters {unknown} in `{params_name}` for the {kind!r} "
+            f"estimator; valid parameters are {valid}. "
+            f"Received: {params_name}={params!r}"
+        )
+    for key, value in params.items():
+        if key == "epsilon":
+            check_number(f'{params_name}["{key}"]', value, low=0.0)
+        else:
+            # A time scale T gives the decay 1 - 1/T, which must lie in [0, 1).
+            check_number(f'{params_name}["{key}"]', value, low=1.0)
+    return factory(**{key: float(value) for key, value in params.items()})
+
+
+def make_rule(
+    minloss_factor,
+    init_factor,
+    minloss_forget_time,
+    epsilon,
+    gradient_estimator,
+    gradient_params,
+    direction_estimator,
+    direction_params,
+):
+    """Checks the arguments of ``L4General`` (all but ``fraction``)."""
+    return l4_rule.Rule(
+        minloss_factor=check_number("minloss_factor", minloss_factor, 0.0, 1.0),
+        init_factor=check_number("init_factor", init_factor, 0.0, 1.0),
+        minloss_forget_time=check_number(
+            "minloss_forget_time", minloss_forget_time, low=0.0, low_open=True
+        ),
+        epsilon=check_number("epsilon", epsilon, low=0.0),
+        direction=make_estimator(
+            "direction_estimator",
+            direction_estimator,
+            direction_params,
+            "direction_params",
+        ),
+        gradient=make_estimator(
+            "gradient_estimator", gradient_estimator, gradient_params, "gradient_params"
+        ),
+    )
+
+
+def check_fraction(fraction):
+    """alpha must be a positive, finite number."""
+    return check_number("fraction", fraction, low=0.0, low_open=True)

@@ -1,0 +1,499 @@
+"""L4 as ``tf.compat.v1.train.Optimizer``: Sessions, tf-slim, eager, tf.function.
+
+The classes keep L4's state in variables (EMAs in slots; t, L_min and the last
+eta in non-slot variables, one set per graph) and compute each step with
+`L4.rule.l4_step`.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from L4 import config
+from L4 import rule as l4_rule
+
+_STEP = "l4_step"
+_MIN_LOSS = "min_loss"
+_EFFECTIVE_LR = "effective_learning_rate"
+
+_HOW_TO_PASS_LOSS = (
+    "Pass it: `opt.apply_gradients(grads_and_vars, loss=loss)`, or get the "
+    "gradients from `opt.compute_gradients(loss)` or `opt.minimize(loss)` on "
+    "this optimizer, which remember the loss for the next `apply_gradients`."
+)
+
+
+class L4General(tf.compat.v1.train.Optimizer):
+    """L4 stepsize adaptation on top of a gradient-based direction.
+
+    At each step, with loss ``L``, the update direction ``v`` and the gradient
+    estimate ``g`` (bias-corrected EMAs of the gradient):
+
+        L_min = gamma0 * L at the first step, else min(L_min, L)
+        eta   = alpha * (L - gamma * L_min) / (<v, g> + epsilon)
+        theta <- theta - eta * v
+        L_min <- (1 + 1/tau) * L_min
+
+    L4 needs the loss: `minimize` and `compute_gradients` remember it for the
+    next `apply_gradients`, which also accepts it as ``loss=`` or, as in the
+    first release, as its second positional argument.
+
+    In graph mode, when no ``global_step`` is passed, the graph's global step
+    is created if needed and incremented, as the original release did. L4's
+    own step count ``t`` (bias correction, the first L_min) is a separate
+    variable, so a restored or shared global step does not disturb it.
+
+    Args:
+        fraction: alpha in the paper, the fraction of the "optimal" stepsize
+            taken. Good values lie in [0.1, 0.3]. Defaults to `0.15`.
+        minloss_factor: gamma, the fraction of the minimum loss L4 aims at.
+            Defaults to `0.9`.
+        init_factor: gamma0, the first estimate of the minimum loss as a
+            fraction of the first loss. Defaults to `0.75`.
+        minloss_forget_time: tau, the time scale (in steps) over which the
+            minimum-loss estimate is forgotten. Defaults to `1000.0`.
+        epsilon: eps, keeps the stepsize finite when ``<v, g>`` vanishes.
+            Defaults to `1e-12`.
+        gradient_estimator: how ``g`` is estimated, `'momentum'` or `'adam'`.
+            Defaults to `'momentum'`.
+        gradient_params: parameters of ``gradient_estimator``: `momentum` takes
+            ``time_momentum`` (10.0); `adam` takes ``time_scale_grad`` (10.0),
+            ``time_scale_var`` (1000.0) and ``epsilon`` (1e-4). Defaults to
+            `None` (the estimator's defaults).
+        direction_estimator: how ``v`` is computed, `'momentum'` or `'adam'`.
+            Defaults to `'adam'`.
+        direction_params: parameters of ``direction_estimator``, as above.
+            Defaults to `None`.
+        use_locking: if `True`, use locks for the update operations.
+            Defaults to `False`.
+        name: prefix of the operations and slot variables. Defaults to the
+            class name.
+
+    References:
+        M. Rolínek, G. Martius. "L4: Practical loss-based stepsize adaptation
+        for deep learning". NeurIPS 2018. https://arxiv.org/abs/1802.05074
+
+    Example:
+
+    >>> import tensorflow as tf, L4
+    >>> w = tf.Variable([1.0, -2.0])
+    >>> opt = L4.L4General(direction_estimator='momentum')
+    >>> _ = opt.minimize(lambda: tf.reduce_sum(w ** 2), var_list=[w])
+    """
+
+    def __init__(
+        self,
+        fraction=config.FRACTION,
+        minloss_factor=config.MINLOSS_FACTOR,
+        init_factor=config.INIT_FACTOR,
+        minloss_forget_time=config.MINLOSS_FORGET_TIME,
+        epsilon=config.EPSILON,
+        gradient_estimator="momentum",
+        gradient_params=None,
+        direction_estimator="adam",
+        direction_params=None,
+        *,
+        use_locking=False,
+        name=None,
+    ):
+        super().__init__(use_locking, name or type(self).__name__)
+        self._fraction = config.check_fraction(fraction)
+        self._rule = config.make_rule(
+            minloss_factor,
+            init_factor,
+            minloss_forget_time,
+            epsilon,
+            gradient_estimator,
+            gradient_params,
+            direction_estimator,
+            direction_params,
+        )
+        self._layout = self._rule.layout
+        self._remembered_loss = None
+
+    # -- The loss ----------------------------------------------------------
+
+    def compute_gradients(
+        self,
+        loss,
+        var_list=None,
+        gate_gradients=tf.compat.v1.train.Optimizer.GATE_OP,
+        aggregation_method=None,
+        colocate_gradients_with_ops=False,
+        grad_loss=None,
+    ):
+        """As `tf.compat.v1.train.Optimizer.compute_gradients`; remembers ``loss``.
+
+        The next `apply_gradients` uses the remembered loss (the value ``loss()``
+        returned, when ``loss`` is callable) unless it is given one.
+        """
+        if callable(loss):
+            values = []
+
+            def loss_fn():
+                values.append(loss())
+                return values[-1]
+
+            grads_and_vars = super().compute_gradients(
+                loss_fn,
+                var_list,
+                gate_gradients,
+                aggregation_method,
+                colocate_gradients_with_ops,
+                grad_loss,
+            )
+            self._remembered_loss = values[-1]
+        else:
+            grads_and_vars = super().compute_gradients(
+                loss,
+                var_list,
+                gate_gradients,
+                aggregation_method,
+                colocate_gradients_with_ops,
+                grad_loss,
+            )
+            self._remembered_loss = loss
+        return grads_and_vars
+
+    def _take_loss(self, loss):
+        """The loss for this step: the one given, else the remembered one."""
+        if loss is None:
+            loss, self._remembered_loss = self._remembered_loss, None
+            if loss is None:
+                raise ValueError(
+                    "L4 sets its stepsize from the current loss, and no loss is "
+                    "known for this step. " + _HOW_TO_PASS_LOSS
+                )
+        self._remembered_loss = None
+        loss = tf.convert_to_tensor(loss)
+        if not loss.dtype.is_floating:
+            raise TypeError(
+                f"`loss` must be a floating-point scalar. Received: loss={loss!r}"
+            )
+        if loss.shape.num_elements() not in (1, None):
+            raise ValueError(
+                "`loss` must be a scalar (reduce it, e.g. with tf.reduce_mean). "
+                f"Received: loss={loss!r}"
+            )
+        if (
+            not tf.executing_eagerly()
+            and loss.graph is not tf.compat.v1.get_default_graph()
+        ):
+            raise ValueError(
+                "The loss belongs to another graph than this training step. "
+                + _HOW_TO_PASS_LOSS
+            )
+        return tf.reshape(loss, [])
+
+    # -- State ---------------------------------------------------------------
+
+    def _create_slots(self, var_list):
+        for var in var_list:
+            dtype = l4_rule.compute_dtype(var.dtype.base_dtype)
+            for slot_name in self._layout.names:
+                self._get_or_make_slot_with_initializer(
+                    var,
+                    tf.compat.v1.zeros_initializer(),
+                    var.shape,
+                    dtype,
+                    slot_name,
+                    self._name,
+                )
+
+    def _create_state(self, var_list, dtype):
+        first_var = min(var_list, key=lambda v: v.name)
+        self._create_non_slot_variable(np.int64(0), _STEP, first_var)
+        zero = np.array(0.0, dtype.as_numpy_dtype)
+        self._create_non_slot_variable(zero, _MIN_LOSS, first_var)
+        self._create_non_slot_variable(zero, _EFFECTIVE_LR, first_var)
+
+    def _state_variable(self, name):
+        with tf.init_scope():
+            graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+            return self._get_non_slot_variable(name, graph=graph)
+
+    @property
+    def min_loss(self):
+        """The variable holding L_min in the current graph (`None` before the first step)."""
+        return self._state_variable(_MIN_LOSS)
+
+    @property
+    def effective_learning_rate(self):
+        """The variable holding the last step's eta (`None` before the first step)."""
+        return self._state_variable(_EFFECTIVE_LR)
+
+    @property
+    def step_count(self):
+        """The variable holding L4's own step count t (`None` before the first step)."""
+        return self._state_variable(_STEP)
+
+    # -- The step ------------------------------------------------------------
+
+    def apply_gradients(
+        self, grads_and_vars, *args, loss=None, global_step=None, name=None
+    ):
+        """Applies one L4 step; see the class docstring.
+
+        Accepts both calling forms of the original releases:
+        ``apply_gradients(grads_and_vars, loss, global_step=None, name=None)``
+        (the first) and ``apply_gradients(grads_and_vars, global_step=None,
+        name=None)`` (the latest, and every wrapper), told apart by whether the
+        second positional argument is floating point (a loss) or an integer
+        (a global step).
+
+        Returns:
+            An operation that applies the update and increments ``global_step``
+            (`None` in eager mode).
+        """
+        loss, global_step, name = _split_positional(args, loss, global_step, name)
+        if tf.distribute.has_strategy():
+            raise NotImplementedError(
+                "L4.L4General does not support tf.distribute strategies yet."
+            )
+        loss = self._take_loss(loss)
+        pairs = _dense_gradients(grads_and_vars)
+        var_list = [v for _, v in pairs]
+        dtype = l4_rule.scalar_dtype(loss.dtype, [v.dtype.base_dtype for v in var_list])
+        with tf.init_scope():
+            self._create_slots(var_list)
+            self._create_state(var_list, dtype)
+        graph_mode = not tf.compat.v1.executing_eagerly_outside_functions()
+        if global_step is None and graph_mode:
+            global_step = tf.compat.v1.train.get_or_create_global_step()
+
+        with tf.compat.v1.name_scope(name, self._name) as scope:
+            train_op = self._apply_step(loss, pairs, graph_mode)
+            if global_step is not None:
+                with tf.control_dependencies([train_op]):
+                    one = tf.constant(1, global_step.dtype.base_dtype)
+                    train_op = global_step.assign_add(one, read_value=False)
+            train_op = tf.group(train_op, name=scope)
+        if graph_mode:
+            train_ops = tf.compat.v1.get_collection_ref(tf.compat.v1.GraphKeys.TRAIN_OP)
+            if train_op not in train_ops:
+                train_ops.append(train_op)
+        return train_op
+
+    def _apply_step(self, loss, pairs, graph_mode):
+        step_var = self._state_variable(_STEP)
+        min_loss_var = self._state_variable(_MIN_LOSS)
+        eta_var = self._state_variable(_EFFECTIVE_LR)
+        slots = [[self.get_slot(v, n) for n in self._layout.names] for _, v in pairs]
+        result = l4_rule.l4_step(
+            self._rule,
+            self._fraction,
+            loss,
+            grads=[g for g, _ in pairs],
+            moments=[
+                [tf.convert_to_tensor(s) for s in var_slots] for var_slots in slots
+            ],
+            state=l4_rule.State(
+                tf.convert_to_tensor(step_var), tf.convert_to_tensor(min_loss_var)
+            ),
+        )
+        lock = self._use_locking
+        # eta depends on every read of the state; writing only after it is
+        # known keeps reads and writes apart in graphs without automatic
+        # control dependencies (ref variables, v1 graphs).
+        with tf.control_dependencies([result.effective_learning_rate]):
+            assigns = []
+            for (_, var), update, var_slots, emas in zip(
+                pairs, result.updates, slots, result.moments
+            ):
+                delta = tf.cast(update, var.dtype.base_dtype)
+                assigns.append(
+                    var.assign_sub(delta, use_locking=lock, read_value=False)
+                )
+                assigns += [
+                    slot.assign(ema, use_locking=lock, read_value=False)
+                    for slot, ema in zip(var_slots, emas)
+                ]
+            assigns += [
+                step_var.assign(result.state.step, read_value=False),
+                min_loss_var.assign(result.state.min_loss, read_value=False),
+                eta_var.assign(result.effective_learning_rate, read_value=False),
+            ]
+        if graph_mode:
+            # The original release's summaries; they need no TensorBoard.
+            tf.compat.v1.summary.scalar(_EFFECTIVE_LR, result.effective_learning_rate)
+            tf.compat.v1.summary.scalar("min_loss_estimate", result.min_loss)
+        return tf.group(*assigns)
+
+
+class L4Adam(L4General):
+    """L4 on Adam's direction, with a momentum gradient estimate.
+
+    The direction ``v = m_hat / (sqrt(s_hat) + eps_a)`` is Adam's; the gradient
+    estimate ``g = m_hat`` is Adam's own first moment with the defaults, kept in
+    one slot, so L4Adam keeps two slots per variable, as Adam does.
+
+    Args:
+        fraction, minloss_factor, init_factor, minloss_forget_time, epsilon:
+            as in `L4General`.
+        adam_params: parameters of the Adam direction: ``time_scale_grad``
+            (10.0), ``time_scale_var`` (1000.0) and ``epsilon`` (eps_a, 1e-4).
+            Defaults to `None` (those defaults).
+        use_locking, name: as in `L4General`.
+
+    Example:
+
+    >>> import tensorflow as tf, L4
+    >>> w = tf.Variable([1.0, -2.0])
+    >>> opt = L4.L4Adam(fraction=0.2)
+    >>> _ = opt.minimize(lambda: tf.reduce_sum(w ** 2), var_list=[w])
+    """
+
+    def __init__(
+        self,
+        fraction=config.FRACTION,
+        minloss_factor=config.MINLOSS_FACTOR,
+        init_factor=config.INIT_FACTOR,
+        minloss_forget_time=config.MINLOSS_FORGET_TIME,
+        epsilon=config.EPSILON,
+        adam_params=None,
+        *,
+        use_locking=False,
+        name=None,
+    ):
+        super().__init__(
+            fraction,
+            minloss_factor,
+            init_factor,
+            minloss_forget_time,
+            epsilon,
+            gradient_estimator="momentum",
+            direction_estimator="adam",
+            direction_params=adam_params,
+            use_locking=use_locking,
+            name=name,
+        )
+
+
+class L4Mom(L4General):
+    """L4 on momentum SGD: the direction and the gradient estimate are both ``m_hat``.
+
+    With the defaults the two are one EMA, kept in one slot per variable, as
+    momentum SGD does.
+
+    Args:
+        fraction, minloss_factor, init_factor, minloss_forget_time, epsilon:
+            as in `L4General`.
+        mom_params: parameters of the momentum direction: ``time_momentum``
+            (10.0). Defaults to `None`. As in the original release, the
+            gradient estimate keeps its default time scale.
+        use_locking, name: as in `L4General`.
+
+    Example:
+
+    >>> import tensorflow as tf, L4
+    >>> w = tf.Variable([1.0, -2.0])
+    >>> opt = L4.L4Mom()
+    >>> _ = opt.minimize(lambda: tf.reduce_sum(w ** 2), var_list=[w])
+    """
+
+    def __init__(
+        self,
+        fraction=config.FRACTION,
+        minloss_factor=config.MINLOSS_FACTOR,
+        init_factor=config.INIT_FACTOR,
+        minloss_forget_time=config.MINLOSS_FORGET_TIME,
+        epsilon=config.EPSILON,
+        mom_params=None,
+        *,
+        use_locking=False,
+        name=None,
+    ):
+        super().__init__(
+            fraction,
+            minloss_factor,
+            init_factor,
+            minloss_forget_time,
+            epsilon,
+            gradient_estimator="momentum",
+            direction_estimator="momentum",
+            direction_params=mom_params,
+            use_locking=use_locking,
+            name=name,
+        )
+
+
+def _is_floating(value):
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (float, np.floating)):
+        return True
+    dtype = getattr(value, "dtype", None)
+    try:
+        return dtype is not None and tf.as_dtype(dtype).base_dtype.is_floating
+    except TypeError:
+        return False
+
+
+def _is_integer_tensor(value):
+    dtype = getattr(value, "dtype", None)
+    try:
+        return dtype is not None and tf.as_dtype(dtype).base_dtype.is_integer
+    except TypeError:
+        return False
+
+
+def _split_positional(args, loss, global_step, name):
+    """Reads ``apply_gradients``' positional arguments after ``grads_and_vars``.
+
+    ``(loss, global_step, name)`` when the first is floating point (the first
+    release), ``(global_step, name)`` when it is an integer tensor or `None`.
+    """
+    if not args:
+        return loss, global_step, name
+    first = args[0]
+    if _is_floating(first):
+        names = ("loss", "global_step", "name")
+    elif first is None or _is_integer_tensor(first):
+        names = ("global_step", "name")
+    else:
+        raise TypeError(
+            "The second positional argument of `apply_gradients` must be the "
+            "loss (a floating-point scalar) or the global step (an integer "
+            f"variable). Received: {first!r}"
+        )
+    if len(args) > len(names):
+        raise TypeError(
+            f"`apply_gradients(grads_and_vars, {', '.join(names)})` takes at "
+            f"most {len(names)} more positional arguments. Received: {len(args)}"
+        )
+    given = {"loss": loss, "global_step": global_step, "name": name}
+    for key, value in zip(names, args):
+        if given[key] is not None:
+            raise TypeError(
+                f"`apply_gradients` got multiple values for argument `{key}`"
+            )
+        given[key] = value
+    return given["loss"], given["global_step"], given["name"]
+
+
+def _dense_gradients(grads_and_vars):
+    """The (gradient, variable) pairs with a gradient, gradients made dense.
+
+    A sparse gradient (``tf.IndexedSlices``, from ``tf.gather`` or embeddings)
+    becomes the dense sum of its slices: the EMAs decay everywhere anyway, and
+    repeated indices then add up as they do in the dense gradient.
+    """
+    grads_and_vars = tuple(grads_and_vars)
+    if not grads_and_vars:
+        raise ValueError("No variables provided.")
+    pairs = []
+    for grad, var in grads_and_vars:
+        if grad is None:
+            continue
+        if isinstance(grad, tf.IndexedSlices):
+            grad = tf.math.unsorted_segment_sum(
+                grad.values, grad.indices, tf.shape(var, out_type=grad.indices.dtype)[0]
+            )
+        else:
+            grad = tf.convert_to_tensor(grad)
+        pairs.append((grad, var))
+    if not pairs:
+        raise ValueError(
+            "No gradients provided for any variable: "
+            f"{[v.name for _, v in grads_and_vars]}."
+        )
+    return pairs

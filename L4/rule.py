@@ -1,0 +1,250 @@
+"""The L4 update rule, as plain functions of tensors.
+
+Rolínek & Martius, "L4: Practical loss-based stepsize adaptation for deep
+learning", NeurIPS 2018. At the optimizer's own step count ``t``, with loss
+``L`` and gradients ``grad_i``:
+
+    L_min   = gamma0 * L  if t == 0  else  min(L_min, L)
+    eta     = alpha * (L - gamma * L_min) / (sum_i <v_i, g_i> + eps)
+    theta_i <- theta_i - eta * v_i
+    L_min   <- (1 + 1/tau) * L_min;   t <- t + 1
+
+``v_i`` (the direction) and ``g_i`` (the gradient estimate) are bias-corrected
+exponential moving averages (EMAs) of the gradient, see `momentum` and `adam`.
+
+Nothing here creates, reads or assigns a variable: the front ends
+(`L4.optimizers` for ``tf.compat.v1``, `L4.compat` for Keras) keep the state in
+variables and pass its values through `l4_step`. This is the only place that
+computes the rule.
+"""
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import tensorflow as tf
+
+
+class Moment(NamedTuple):
+    """One EMA of the gradient: ``ema <- decay * ema + (1 - decay) * grad**power``.
+
+    ``decay`` is ``1 - 1/T`` for the EMA's time scale ``T``.
+    """
+
+    power: int
+    decay: float
+
+
+class Estimator(NamedTuple):
+    """A bias-corrected EMA transform of the gradient.
+
+    ``kind`` is ``'momentum'`` (output ``m_hat``) or ``'adam'`` (output
+    ``m_hat / (sqrt(s_hat) + epsilon)``); ``moments`` are the EMAs it reads, the
+    first moment first.
+    """
+
+    kind: str
+    moments: tuple[Moment, ...]
+    epsilon: float = 0.0
+
+
+def momentum(time_momentum: float = 10.0) -> Estimator:
+    """``m <- d*m + (1-d)*grad``, ``d = 1 - 1/time_momentum``; outputs ``m / (1 - d^(t+1))``."""
+    return Estimator("momentum", (Moment(1, 1.0 - 1.0 / time_momentum),))
+
+
+def adam(
+    time_scale_grad: float = 10.0, time_scale_var: float = 1000.0, epsilon: float = 1e-4
+) -> Estimator:
+    """Adam's direction ``m_hat / (sqrt(s_hat) + epsilon)`` with bias-corrected EMAs.
+
+    ``m`` averages ``grad`` over ``time_scale_grad`` steps and ``s`` averages
+    ``grad**2`` over ``time_scale_var`` steps; ``epsilon`` is added after the root.
+    """
+    return Estimator(
+        "adam",
+        (Moment(1, 1.0 - 1.0 / time_scale_grad), Moment(2, 1.0 - 1.0 / time_scale_var)),
+        epsilon,
+    )
+
+
+ESTIMATORS = {"momentum": momentum, "adam": adam}
+
+
+class Layout(NamedTuple):
+    """Which EMAs a (direction, gradient) pair keeps, each once.
+
+    ``moments`` lists the distinct EMAs, the direction's first, and ``names``
+    their slot names (``m``, ``v`` as in Adam; ``g_m``, ``g_v`` for EMAs that
+    only the gradient estimate reads). ``direction`` and ``gradient`` index
+    into them. With L4Adam's defaults the gradient estimate is Adam's first
+    moment, and L4Mom's two estimators are one EMA.
+    """
+
+    moments: tuple[Moment, ...]
+    names: tuple[str, ...]
+    direction: tuple[int, ...]
+    gradient: tuple[int, ...]
+
+
+def layout(direction: Estimator, gradient: Estimator) -> Layout:
+    moments = list(direction.moments)
+    names = ["m" if m.power == 1 else "v" for m in moments]
+    for moment in gradient.moments:
+        if moment not in moments:
+            moments.append(moment)
+            names.append("g_m" if moment.power == 1 else "g_v")
+    return Layout(
+        tuple(moments),
+        tuple(names),
+        tuple(moments.index(m) for m in direction.moments),
+        tuple(moments.index(m) for m in gradient.moments),
+    )
+
+
+class Rule(NamedTuple):
+    """The hyperparameters of L4 other than alpha (which may change per step).
+
+    minloss_factor: gamma; init_factor: gamma0; minloss_forget_time: tau;
+    epsilon: eps in the stepsize's denominator.
+    """
+
+    minloss_factor: float
+    init_factor: float
+    minloss_forget_time: float
+    epsilon: float
+    direction: Estimator
+    gradient: Estimator
+
+    @property
+    def layout(self) -> Layout:
+        return layout(self.direction, self.gradient)
+
+
+class State(NamedTuple):
+    """The scalar state: ``step`` is t (int64), ``min_loss`` is L_min."""
+
+    step: tf.Tensor
+    min_loss: tf.Tensor
+
+
+class Step(NamedTuple):
+    """What one step yields.
+
+    ``updates[i] = eta * v_i`` is to be subtracted from theta_i; ``moments``
+    are the new EMAs of each variable, ``state`` the new `State`;
+    ``effective_learning_rate`` is eta and ``min_loss`` the L_min it used
+    (before forgetting).
+    """
+
+    updates: list
+    moments: list
+    state: State
+    effective_learning_rate: tf.Tensor
+    min_loss: tf.Tensor
+
+
+def compute_dtype(dtype: tf.DType) -> tf.DType:
+    """EMAs and updates are computed in at least float32 (half types overflow)."""
+    return tf.float64 if tf.as_dtype(dtype) == tf.float64 else tf.float32
+
+
+def scalar_dtype(loss_dtype: tf.DType, var_dtypes: Sequence[tf.DType]) -> tf.DType:
+    """The dtype of L, L_min and eta: float64 if any input is, else float32."""
+    dtypes = [tf.as_dtype(loss_dtype)] + [tf.as_dtype(d) for d in var_dtypes]
+    return tf.float64 if tf.float64 in dtypes else tf.float32
+
+
+def update_moment(moment: Moment, ema, grad):
+    """``ema <- decay * ema + (1 - decay) * grad**power``."""
+    value = grad if moment.power == 1 else tf.square(grad)
+    return moment.decay * ema + (1.0 - moment.decay) * value
+
+
+def estimate(estimator: Estimator, emas, step):
+    """The bias-corrected output of ``estimator`` from its updated ``emas``.
+
+    ``step`` is t, so the correction is ``1 - d^(t+1)``.
+    """
+    dtype = emas[0].dtype
+    count = tf.cast(step + 1, dtype)
+
+    def corrected(moment, ema):
+        return ema / (1.0 - tf.pow(tf.constant(moment.decay, dtype), count))
+
+    first = corrected(estimator.moments[0], emas[0])
+    if estimator.kind == "momentum":
+        return first
+    second = corrected(estimator.moments[1], emas[1])
+    return first / (tf.sqrt(second) + estimator.epsilon)
+
+
+def update_min_loss(min_loss, loss, step, init_factor):
+    """Step 1: ``L_min = gamma0 * L`` at t = 0, else ``min(L_min, L)``."""
+    return tf.where(tf.equal(step, 0), init_factor * loss, tf.minimum(min_loss, loss))
+
+
+def stepsize(fraction, loss, min_loss, inner_product, minloss_factor, epsilon):
+    """Step 3: ``eta = alpha * (L - gamma * L_min) / (<v, g> + eps)``."""
+    return fraction * (loss - minloss_factor * min_loss) / (inner_product + epsilon)
+
+
+def forget_min_loss(min_loss, minloss_forget_time):
+    """Step 5: ``L_min <- (1 + 1/tau) * L_min``."""
+    return (1.0 + 1.0 / minloss_forget_time) * min_loss
+
+
+def _as_scalar(value, dtype):
+    # tf.cast of a Python float goes through float32 first and loses digits.
+    return tf.cast(value, dtype) if tf.is_tensor(value) else tf.constant(value, dtype)
+
+
+def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
+    """One L4 step over all variables.
+
+    Args:
+        rule: the hyperparameters, see `Rule`.
+        fraction: alpha, a scalar.
+        loss: L, the current loss, a scalar.
+        grads: dense gradients, one per variable.
+        moments: for each variable, the values of its EMAs in ``rule.layout`` order
+            (in ``compute_dtype`` of the variable's dtype).
+        state: t and L_min before this step.
+
+    Returns:
+        A `Step`. Its updates are in each variable's compute dtype; eta, L_min and
+        the inner product are in ``scalar_dtype`` of the inputs.
+    """
+    lay = rule.layout
+    dtype = scalar_dtype(loss.dtype, [g.dtype for g in grads])
+    loss = tf.cast(loss, dtype)
+    step = state.step
+    same_estimate = rule.direction == rule.gradient
+
+    new_moments, directions, partial_products = [], [], []
+    for grad, emas in zip(grads, moments):
+        grad = tf.cast(grad, compute_dtype(grad.dtype))
+        emas = [update_moment(m, ema, grad) for m, ema in zip(lay.moments, emas)]
+        v = estimate(rule.direction, [emas[i] for i in lay.direction], step)
+        g = (
+            v
+            if same_estimate
+            else estimate(rule.gradient, [emas[i] for i in lay.gradient], step)
+        )
+        new_moments.append(emas)
+        directions.append(v)
+        partial_products.append(tf.cast(tf.reduce_sum(v * g), dtype))
+
+    min_loss = update_min_loss(
+        tf.cast(state.min_loss, dtype), loss, step, rule.init_factor
+    )
+    eta = stepsize(
+        _as_scalar(fraction, dtype),
+        loss,
+        min_loss,
+        tf.add_n(partial_products),
+        rule.minloss_factor,
+        rule.epsilon,
+    )
+    updates = [tf.cast(eta, v.dtype) * v for v in directions]
+    new_state = State(step + 1, forget_min_loss(min_loss, rule.minloss_forget_time))
+    return Step(updates, new_moments, new_state, eta, min_loss)

@@ -1,0 +1,52 @@
+"""Test configuration: TensorFlow's behaviour for this process, and modes.
+
+``L4_TF_BEHAVIOR`` chooses how TensorFlow runs in this test process, as legacy
+code bases set it: ``v2`` (default; graph-mode tests use ``tf.Graph`` contexts),
+``v1`` (``tf.compat.v1.disable_v2_behavior()``: ref variables by default) or
+``graph`` (``tf.compat.v1.disable_eager_execution()`` only: resource variables).
+Tests that need eager execution are deselected under ``v1`` and ``graph``.
+"""
+
+import os
+import sys
+
+import pytest
+import tensorflow as tf
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from harness import EAGER_MODES  # noqa: E402
+
+BEHAVIOR = os.environ.get("L4_TF_BEHAVIOR", "v2")
+if BEHAVIOR == "v1":
+    tf.compat.v1.disable_v2_behavior()
+elif BEHAVIOR == "graph":
+    tf.compat.v1.disable_eager_execution()
+elif BEHAVIOR != "v2":
+    raise ValueError(f"L4_TF_BEHAVIOR must be v2, v1 or graph. Received: {BEHAVIOR!r}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "eager: needs eager execution (deselected under v1/graph)")
+    if os.environ.get("L4_TEST_INSTALLED"):
+        # tox sets this: the tests must import the installed package, not the
+        # source tree next to them.
+        import L4
+
+        source_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.abspath(L4.__file__).startswith(source_root + os.sep + "L4"):
+            raise pytest.UsageError(f"L4 was imported from the source tree: {L4.__file__}")
+
+
+def pytest_collection_modifyitems(config, items):
+    if BEHAVIOR == "v2":
+        return
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        mode = params.params.get("mode") if params else None
+        needs_eager = item.get_closest_marker("eager") or mode in EAGER_MODES
+        (drop if needs_eager else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
