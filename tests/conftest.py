@@ -4,7 +4,9 @@
 code bases set it: ``v2`` (default; graph-mode tests use ``tf.Graph`` contexts),
 ``v1`` (``tf.compat.v1.disable_v2_behavior()``: ref variables by default) or
 ``graph`` (``tf.compat.v1.disable_eager_execution()`` only: resource variables).
-Tests that need eager execution are deselected under ``v1`` and ``graph``.
+Tests that need eager execution are deselected under ``v1`` and ``graph``;
+tests marked ``graph_process`` (code that starts its own threads, which do not
+see a ``tf.Graph`` context) run only there. tox runs all three.
 """
 
 import os
@@ -27,7 +29,19 @@ elif BEHAVIOR != "v2":
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "eager: needs eager execution (deselected under v1/graph)")
+    if os.environ.get(
+        "L4_TEST_DEVICE"
+    ) == "GPU" and not tf.config.list_physical_devices("GPU"):
+        raise pytest.UsageError(
+            "L4_TEST_DEVICE=GPU, but TensorFlow sees no GPU on this machine"
+        )
+    config.addinivalue_line(
+        "markers", "eager: needs eager execution (deselected under v1/graph)"
+    )
+    config.addinivalue_line(
+        "markers",
+        "graph_process: needs eager execution disabled process-wide (v1/graph)",
+    )
     if os.environ.get("L4_TEST_INSTALLED"):
         # tox sets this: the tests must import the installed package, not the
         # source tree next to them.
@@ -35,18 +49,20 @@ def pytest_configure(config):
 
         source_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         if os.path.abspath(L4.__file__).startswith(source_root + os.sep + "L4"):
-            raise pytest.UsageError(f"L4 was imported from the source tree: {L4.__file__}")
+            raise pytest.UsageError(
+                f"L4 was imported from the source tree: {L4.__file__}"
+            )
 
 
 def pytest_collection_modifyitems(config, items):
-    if BEHAVIOR == "v2":
-        return
     keep, drop = [], []
     for item in items:
         params = getattr(item, "callspec", None)
         mode = params.params.get("mode") if params else None
         needs_eager = item.get_closest_marker("eager") or mode in EAGER_MODES
-        (drop if needs_eager else keep).append(item)
+        needs_graph_process = item.get_closest_marker("graph_process")
+        runs = not needs_graph_process if BEHAVIOR == "v2" else not needs_eager
+        (keep if runs else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

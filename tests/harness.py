@@ -36,7 +36,9 @@ def make_variables(mode, values, dtype):
         ]
     if mode in GRAPH_MODES:
         return [
-            tf.compat.v1.Variable(tf.constant(v, dtype), use_resource=mode == "graph_resource")
+            tf.compat.v1.Variable(
+                tf.constant(v, dtype), use_resource=mode == "graph_resource"
+            )
             for v in values
         ]
     return [tf.Variable(tf.constant(v, dtype)) for v in values]
@@ -46,7 +48,9 @@ def apply_step(opt, loss_fn, var_list, form="minimize", **kwargs):
     """One training step of ``opt`` in the calling ``form``; an op in graph mode."""
     graph = not tf.compat.v1.executing_eagerly_outside_functions()
     if form == "minimize":
-        return opt.minimize(loss_fn() if graph else loss_fn, var_list=var_list, **kwargs)
+        return opt.minimize(
+            loss_fn() if graph else loss_fn, var_list=var_list, **kwargs
+        )
     if form == "remembered_loss":
         gv = opt.compute_gradients(loss_fn() if graph else loss_fn, var_list=var_list)
         return opt.apply_gradients(gv, **kwargs)
@@ -71,13 +75,16 @@ def run(mode, problem, make_optimizer, steps, dtype=tf.float32, form="minimize")
         with tf.Graph().as_default():
             var_list = make_variables(mode, problem.init, dtype)
             opt = make_optimizer()
-            train_op = apply_step(opt, lambda: problem.tf_loss(var_list), var_list, form)
+            train_op = apply_step(
+                opt, lambda: problem.tf_loss(var_list), var_list, form
+            )
             with tf.compat.v1.Session() as sess:
                 sess.run(tf.compat.v1.global_variables_initializer())
                 for _ in range(steps):
                     sess.run(train_op)
                     params, eta, min_loss = sess.run(
-                        [var_list, opt.effective_learning_rate, opt.min_loss])
+                        [var_list, opt.effective_learning_rate, opt.min_loss]
+                    )
                     records.append(Record(params, eta, min_loss))
         return records, opt
 
@@ -91,9 +98,13 @@ def run(mode, problem, make_optimizer, steps, dtype=tf.float32, form="minimize")
         step = tf.function(step, jit_compile=mode == "xla")
     for _ in range(steps):
         step()
-        records.append(Record([v.numpy() for v in var_list],
-                              opt.effective_learning_rate.numpy(),
-                              opt.min_loss.numpy()))
+        records.append(
+            Record(
+                [v.numpy() for v in var_list],
+                opt.effective_learning_rate.numpy(),
+                opt.min_loss.numpy(),
+            )
+        )
     return records, opt
 
 
@@ -108,7 +119,10 @@ def reference_run(problem, steps, **kwargs):
     return records
 
 
-TOLERANCES = {tf.float64: dict(rtol=1e-9, atol=1e-12), tf.float32: dict(rtol=2e-4, atol=1e-5)}
+TOLERANCES = {
+    tf.float64: dict(rtol=1e-9, atol=1e-12),
+    tf.float32: dict(rtol=2e-4, atol=1e-5),
+}
 
 
 def assert_records_close(actual, expected, dtype):
@@ -117,6 +131,10 @@ def assert_records_close(actual, expected, dtype):
     assert len(actual) == len(expected)
     for step, (a, e) in enumerate(zip(actual, expected)):
         for i, (pa, pe) in enumerate(zip(a.params, e.params)):
-            np.testing.assert_allclose(pa, pe, **tol, err_msg=f"param {i} at step {step}")
+            np.testing.assert_allclose(
+                pa, pe, **tol, err_msg=f"param {i} at step {step}"
+            )
         np.testing.assert_allclose(a.eta, e.eta, **tol, err_msg=f"eta at step {step}")
-        np.testing.assert_allclose(a.min_loss, e.min_loss, **tol, err_msg=f"L_min at step {step}")
+        np.testing.assert_allclose(
+            a.min_loss, e.min_loss, **tol, err_msg=f"L_min at step {step}"
+        )

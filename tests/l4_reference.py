@@ -37,7 +37,8 @@ class AdamEstimator:
         self.m = [self.d1 * m + (1 - self.d1) * g for m, g in zip(self.m, grads)]
         self.s = [self.d2 * s + (1 - self.d2) * g * g for s, g in zip(self.s, grads)]
         return [
-            (m / (1 - self.d1 ** (t + 1))) / (np.sqrt(s / (1 - self.d2 ** (t + 1))) + self.eps)
+            (m / (1 - self.d1 ** (t + 1)))
+            / (np.sqrt(s / (1 - self.d2 ** (t + 1))) + self.eps)
             for m, s in zip(self.m, self.s)
         ]
 
@@ -48,10 +49,19 @@ ESTIMATORS = {"momentum": MomentumEstimator, "adam": AdamEstimator}
 class L4Reference:
     """The rule of L4_SPEC.md, one `step` at a time, on a list of float64 arrays."""
 
-    def __init__(self, params, fraction=0.15, minloss_factor=0.9, init_factor=0.75,
-                 minloss_forget_time=1000.0, epsilon=1e-12,
-                 gradient_estimator="momentum", gradient_params=None,
-                 direction_estimator="adam", direction_params=None):
+    def __init__(
+        self,
+        params,
+        fraction=0.15,
+        minloss_factor=0.9,
+        init_factor=0.75,
+        minloss_forget_time=1000.0,
+        epsilon=1e-12,
+        gradient_estimator="momentum",
+        gradient_params=None,
+        direction_estimator="adam",
+        direction_params=None,
+    ):
         self.params = [np.array(p, dtype=np.float64) for p in params]
         self.alpha, self.gamma, self.gamma0 = fraction, minloss_factor, init_factor
         self.tau, self.eps = minloss_forget_time, epsilon
@@ -82,9 +92,13 @@ class L4Reference:
 L4ADAM = dict(direction_estimator="adam", gradient_estimator="momentum")
 L4MOM = dict(direction_estimator="momentum", gradient_estimator="momentum")
 L4GENERAL_CUSTOM = dict(
-    fraction=0.2, minloss_factor=0.8, init_factor=0.5, minloss_forget_time=100.0,
+    fraction=0.2,
+    minloss_factor=0.8,
+    init_factor=0.5,
+    minloss_forget_time=100.0,
     epsilon=1e-10,
     gradient_estimator="adam",
     gradient_params=dict(time_scale_grad=5.0, time_scale_var=50.0, epsilon=1e-3),
-    direction_estimator="momentum", direction_params=dict(time_momentum=4.0),
+    direction_estimator="momentum",
+    direction_params=dict(time_momentum=4.0),
 )

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 import L4
+
 from harness import FORMS, MODES, assert_records_close, reference_run, run
 from l4_reference import L4ADAM, L4GENERAL_CUSTOM, L4MOM
 from problems import PROBLEMS
@@ -23,14 +24,18 @@ def test_follows_reference(mode, optimizer, dtype):
     make_optimizer, reference_kwargs = OPTIMIZERS[optimizer]
     problem = PROBLEMS["least_squares"]()
     actual, _ = run(mode, problem, make_optimizer, STEPS, dtype)
-    assert_records_close(actual, reference_run(problem, STEPS, **reference_kwargs), dtype)
+    assert_records_close(
+        actual, reference_run(problem, STEPS, **reference_kwargs), dtype
+    )
 
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("mode", MODES)
 def test_every_calling_form_gives_the_same_numbers(mode, form):
     problem = PROBLEMS["logistic"]()
-    actual, _ = run(mode, problem, lambda: L4.L4Adam(fraction=0.25), 20, tf.float64, form)
+    actual, _ = run(
+        mode, problem, lambda: L4.L4Adam(fraction=0.25), 20, tf.float64, form
+    )
     expected = reference_run(problem, 20, fraction=0.25, **L4ADAM)
     assert_records_close(actual, expected, tf.float64)
 
@@ -38,7 +43,9 @@ def test_every_calling_form_gives_the_same_numbers(mode, form):
 def test_reference_is_not_trivially_satisfied():
     """The comparison can fail: another fraction gives other numbers."""
     problem = PROBLEMS["least_squares"]()
-    actual, _ = run("graph_resource", problem, lambda: L4.L4Adam(fraction=0.16), 5, tf.float64)
+    actual, _ = run(
+        "graph_resource", problem, lambda: L4.L4Adam(fraction=0.16), 5, tf.float64
+    )
     with pytest.raises(AssertionError):
         assert_records_close(actual, reference_run(problem, 5, **L4ADAM), tf.float64)
 

@@ -1,0 +1,67 @@
+"""The installed package: layout, dependencies, and the README's main example."""
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TENSORFLOW_BUILDS = {
+    "tensorflow",
+    "tensorflow-cpu",
+    "tensorflow-gpu",
+    "tensorflow-intel",
+    "tensorflow-macos",
+    "tf-nightly",
+    "tf-nightly-cpu",
+}
+
+
+def test_one_tensorflow_build_is_installed():
+    names = {
+        dist.metadata["Name"].lower().replace("_", "-")
+        for dist in importlib.metadata.distributions()
+    }
+    assert len(names & TENSORFLOW_BUILDS) == 1, names & TENSORFLOW_BUILDS
+
+
+def test_compat_is_a_subpackage_only():
+    import L4.compat
+
+    assert os.path.basename(os.path.dirname(L4.compat.__file__)) == "compat"
+    if os.environ.get("L4_TEST_INSTALLED"):
+        assert importlib.util.find_spec("compat") is None, (
+            "a top-level `compat` is importable"
+        )
+        files = importlib.metadata.files("L4-optimizer")
+        top_levels = {f.parts[0] for f in files if f.suffix == ".py"}
+        assert top_levels == {"L4"}, top_levels
+
+
+def test_the_main_example_trains():
+    """The README's first command runs this script (here for one epoch)."""
+    script = os.path.join(ROOT, "legacy_examples", "mnist_mlp.py")
+    out = subprocess.run(
+        [sys.executable, script, "--epochs", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    losses = [float(x) for x in re.findall(r"training loss ([0-9.]+)", out)]
+    accuracy = float(re.findall(r"test accuracy ([0-9.]+)", out)[-1])
+    assert len(losses) == 2 and losses[1] < losses[0] < 2.3, out
+    assert accuracy > 0.7, out
+
+
+def test_readme_starts_with_the_two_set_up_commands():
+    """.ci/run runs the second line of the README's first code block."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        block = f.read().split("```")[1].strip().splitlines()
+    assert block == [
+        "bash",
+        'python -m pip install ".[cpu,examples]" && python legacy_examples/mnist_mlp.py',
+        "python -m pip install tox && python -m tox",
+    ]
