@@ -1,12 +1,14 @@
-"""Checks the hyperparameters of L4 and turns them into an `L4.rule.Rule`.
+"""Checks L4's hyperparameters (into an `L4.rule.Rule`) and its loss input.
 
-Both front ends build their rule here, so a bad argument gets the same
-`ValueError` from ``L4.L4Adam`` and from ``L4.compat.L4Adam``.
+Both front ends check here, so a bad argument gets the same error from
+``L4.L4Adam`` and from ``L4.compat.L4Adam``.
 """
 
 import inspect
 import math
 import numbers
+
+import tensorflow as tf
 
 from L4 import rule as l4_rule
 
@@ -103,3 +105,30 @@ def make_rule(
 def check_fraction(fraction):
     """alpha must be a positive, finite number."""
     return check_number("fraction", fraction, low=0.0, low_open=True)
+
+
+def check_loss(loss, how_to_pass):
+    """``loss`` as a scalar tensor; ``how_to_pass`` completes the error without one."""
+    if loss is None:
+        raise ValueError(
+            "L4 sets its stepsize from the current loss, and no loss is known "
+            "for this step. " + how_to_pass
+        )
+    loss = tf.convert_to_tensor(loss)
+    if not loss.dtype.is_floating:
+        raise TypeError(
+            f"`loss` must be a floating-point scalar. Received: loss={loss!r}"
+        )
+    if loss.shape.num_elements() not in (1, None):
+        raise ValueError(
+            "`loss` must be a scalar (reduce it, e.g. with tf.reduce_mean). "
+            f"Received: loss={loss!r}"
+        )
+    if (
+        not tf.executing_eagerly()
+        and loss.graph is not tf.compat.v1.get_default_graph()
+    ):
+        raise ValueError(
+            "The loss belongs to another graph than this training step. " + how_to_pass
+        )
+    return tf.reshape(loss, [])

@@ -157,32 +157,9 @@ class L4General(tf.compat.v1.train.Optimizer):
     def _take_loss(self, loss):
         """The loss for this step: the one given, else the remembered one."""
         if loss is None:
-            loss, self._remembered_loss = self._remembered_loss, None
-            if loss is None:
-                raise ValueError(
-                    "L4 sets its stepsize from the current loss, and no loss is "
-                    "known for this step. " + _HOW_TO_PASS_LOSS
-                )
+            loss = self._remembered_loss
         self._remembered_loss = None
-        loss = tf.convert_to_tensor(loss)
-        if not loss.dtype.is_floating:
-            raise TypeError(
-                f"`loss` must be a floating-point scalar. Received: loss={loss!r}"
-            )
-        if loss.shape.num_elements() not in (1, None):
-            raise ValueError(
-                "`loss` must be a scalar (reduce it, e.g. with tf.reduce_mean). "
-                f"Received: loss={loss!r}"
-            )
-        if (
-            not tf.executing_eagerly()
-            and loss.graph is not tf.compat.v1.get_default_graph()
-        ):
-            raise ValueError(
-                "The loss belongs to another graph than this training step. "
-                + _HOW_TO_PASS_LOSS
-            )
-        return tf.reshape(loss, [])
+        return config.check_loss(loss, _HOW_TO_PASS_LOSS)
 
     # -- State ---------------------------------------------------------------
 
@@ -471,26 +448,13 @@ def _split_positional(args, loss, global_step, name):
 
 
 def _dense_gradients(grads_and_vars):
-    """The (gradient, variable) pairs with a gradient, gradients made dense.
-
-    A sparse gradient (``tf.IndexedSlices``, from ``tf.gather`` or embeddings)
-    becomes the dense sum of its slices: the EMAs decay everywhere anyway, and
-    repeated indices then add up as they do in the dense gradient.
-    """
+    """The (gradient, variable) pairs that have a gradient, made dense."""
     grads_and_vars = tuple(grads_and_vars)
     if not grads_and_vars:
         raise ValueError("No variables provided.")
-    pairs = []
-    for grad, var in grads_and_vars:
-        if grad is None:
-            continue
-        if isinstance(grad, tf.IndexedSlices):
-            grad = tf.math.unsorted_segment_sum(
-                grad.values, grad.indices, tf.shape(var, out_type=grad.indices.dtype)[0]
-            )
-        else:
-            grad = tf.convert_to_tensor(grad)
-        pairs.append((grad, var))
+    pairs = [
+        (l4_rule.dense_gradient(g, v), v) for g, v in grads_and_vars if g is not None
+    ]
     if not pairs:
         raise ValueError(
             "No gradients provided for any variable: "

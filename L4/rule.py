@@ -154,6 +154,19 @@ def scalar_dtype(loss_dtype: tf.DType, var_dtypes: Sequence[tf.DType]) -> tf.DTy
     return tf.float64 if tf.float64 in dtypes else tf.float32
 
 
+def dense_gradient(grad, var):
+    """``grad`` as a dense tensor shaped like ``var``.
+
+    A sparse gradient (``tf.IndexedSlices``, from ``tf.gather`` or embeddings)
+    becomes the sum of its slices: the EMAs decay everywhere anyway, and
+    repeated indices add up as they do in the dense gradient.
+    """
+    if isinstance(grad, tf.IndexedSlices):
+        rows = tf.shape(var, out_type=grad.indices.dtype)[0]
+        return tf.math.unsorted_segment_sum(grad.values, grad.indices, rows)
+    return tf.convert_to_tensor(grad)
+
+
 def update_moment(moment: Moment, ema, grad):
     """``ema <- decay * ema + (1 - decay) * grad**power``."""
     value = grad if moment.power == 1 else tf.square(grad)
