@@ -208,7 +208,9 @@ def forget_min_loss(min_loss, minloss_forget_time):
 
 def _as_scalar(value, dtype):
     # tf.cast of a Python float goes through float32 first and loses digits.
-    return tf.cast(value, dtype) if tf.is_tensor(value) else tf.constant(value, dtype)
+    if isinstance(value, (int, float)):
+        return tf.constant(value, dtype)
+    return tf.cast(value, dtype)
 
 
 def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:

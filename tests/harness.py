@@ -9,6 +9,7 @@ resource variables), ``graph_default`` (a Session on the variables
 
 from typing import NamedTuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -20,6 +21,8 @@ MODES = GRAPH_MODES + EAGER_MODES
 
 # How the step is asked for; every form must give the same numbers.
 FORMS = ("minimize", "positional_loss", "keyword_loss", "remembered_loss")
+# The same for the Keras optimizers of L4.compat ("scale_loss" is model.fit's way).
+KERAS_FORMS = ("keyword_loss", "apply", "scale_loss")
 
 
 class Record(NamedTuple):
@@ -44,13 +47,33 @@ def make_variables(mode, values, dtype):
     return [tf.Variable(tf.constant(v, dtype)) for v in values]
 
 
+def apply_keras_step(opt, loss_fn, var_list, form="keyword_loss"):
+    """One training step of an ``L4.compat`` optimizer in the calling ``form``."""
+    with tf.GradientTape() as tape:
+        loss = loss_fn()
+        if form == "scale_loss":
+            loss = opt.scale_loss(loss)
+    grads = tape.gradient(loss, var_list)
+    if form == "keyword_loss":
+        opt.apply_gradients(zip(grads, var_list), loss=loss)
+    elif form == "apply":
+        opt.apply(grads, var_list, loss=loss)
+    else:
+        assert form == "scale_loss", form
+        opt.apply_gradients(zip(grads, var_list))
+
+
 def apply_step(opt, loss_fn, var_list, form="minimize", **kwargs):
     """One training step of ``opt`` in the calling ``form``; an op in graph mode."""
+    if form in KERAS_FORMS[1:]:
+        return apply_keras_step(opt, loss_fn, var_list, form)
     graph = not tf.compat.v1.executing_eagerly_outside_functions()
     if form == "minimize":
         return opt.minimize(
             loss_fn() if graph else loss_fn, var_list=var_list, **kwargs
         )
+    if form == "keyword_loss" and isinstance(opt, keras.optimizers.Optimizer):
+        return apply_keras_step(opt, loss_fn, var_list, form)
     if form == "remembered_loss":
         gv = opt.compute_gradients(loss_fn() if graph else loss_fn, var_list=var_list)
         return opt.apply_gradients(gv, **kwargs)

@@ -72,14 +72,16 @@ class L4Reference:
         self.eta = None
         self.min_loss_used = None
 
-    def step(self, loss, grads):
+    def step(self, loss, grads, fraction=None):
+        """One step; ``fraction`` overrides alpha for this step (a schedule)."""
+        alpha = self.alpha if fraction is None else fraction
         grads = [np.asarray(g, dtype=np.float64) for g in grads]
         loss = float(loss)
         self.min_loss = self.gamma0 * loss if self.t == 0 else min(self.min_loss, loss)
         v = self.v_est(grads, self.t)
         g = self.g_est(grads, self.t)
         inner = sum(float(np.sum(vi * gi)) for vi, gi in zip(v, g))
-        self.eta = self.alpha * (loss - self.gamma * self.min_loss) / (inner + self.eps)
+        self.eta = alpha * (loss - self.gamma * self.min_loss) / (inner + self.eps)
         self.params = [p - self.eta * vi for p, vi in zip(self.params, v)]
         self.min_loss_used = self.min_loss
         self.min_loss = (1 + 1 / self.tau) * self.min_loss

@@ -1,0 +1,363 @@
+"""L4 as Keras 3 optimizers, for TF2 training loops and ``model.fit``.
+
+The classes keep L4's state in Keras optimizer variables (EMAs per variable;
+t, L_min and the last eta as scalars) and compute each step with
+`L4.rule.l4_step`, as ``L4.L4General`` does in graph mode.
+"""
+
+import keras
+import tensorflow as tf
+
+from L4 import config
+from L4 import rule as l4_rule
+
+_HOW_TO_PASS_LOSS = (
+    "In a custom training loop, pass it: "
+    "`opt.apply_gradients(zip(grads, variables), loss=loss)`. "
+    "`model.fit` passes it through `opt.scale_loss(loss)`."
+)
+
+
+@keras.saving.register_keras_serializable(package="L4")
+class L4General(keras.optimizers.Optimizer):
+    """L4 stepsize adaptation, as a Keras 3 optimizer.
+
+    At each step, with loss ``L``, the update direction ``v`` and the gradient
+    estimate ``g`` (bias-corrected EMAs of the gradient):
+
+        L_min = gamma0 * L at the first step, else min(L_min, L)
+        eta   = alpha * (L - gamma * L_min) / (<v, g> + epsilon)
+        theta <- theta - eta * v
+        L_min <- (1 + 1/tau) * L_min
+
+    L4 needs each step's loss. ``model.fit`` hands it over through
+    `scale_loss`, which Keras calls with the batch loss; custom loops pass it
+    to `apply_gradients` or `apply` as ``loss=``.
+
+    ``fraction`` is Keras' learning rate: ``opt.learning_rate`` reads and sets
+    it, so ``ReduceLROnPlateau``, ``LearningRateScheduler`` and a
+    ``LearningRateSchedule`` as ``fraction`` act on alpha. The last eta and
+    L_min are in ``opt.effective_learning_rate`` and ``opt.min_loss``; the
+    `L4.compat.LogL4` callback adds them to ``fit``'s logs.
+
+    Args:
+        fraction: alpha in the paper, the fraction of the "optimal" stepsize
+            taken; a float, a ``keras.optimizers.schedules.LearningRateSchedule``
+            or a callable. Defaults to `0.15`.
+        minloss_factor: gamma, the fraction of the minimum loss L4 aims at.
+            Defaults to `0.9`.
+        init_factor: gamma0, the first estimate of the minimum loss as a
+            fraction of the first loss. Defaults to `0.75`.
+        minloss_forget_time: tau, the time scale (in steps) over which the
+            minimum-loss estimate is forgotten. Defaults to `1000.0`.
+        epsilon: eps, keeps the stepsize finite when ``<v, g>`` vanishes.
+            Defaults to `1e-12`.
+        gradient_estimator: `'momentum'` or `'adam'`. Defaults to `'momentum'`.
+        gradient_params: its parameters (see ``L4.L4General``). Defaults to `None`.
+        direction_estimator: `'momentum'` or `'adam'`. Defaults to `'adam'`.
+        direction_params: its parameters. Defaults to `None`.
+        name: the optimizer's name. Defaults to the class name.
+        **kwargs: Keras' common optimizer arguments (``clipnorm``,
+            ``clipvalue``, ``global_clipnorm``, ``use_ema``, ...).
+            ``weight_decay`` is not supported: Keras would scale it by alpha.
+
+    References:
+        M. Rolínek, G. Martius. "L4: Practical loss-based stepsize adaptation
+        for deep learning". NeurIPS 2018. https://arxiv.org/abs/1802.05074
+
+    Example:
+
+    >>> import keras, L4.compat
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer=L4.compat.L4General(), loss="mse")
+    """
+
+    def __init__(
+        self,
+        fraction=config.FRACTION,
+        minloss_factor=config.MINLOSS_FACTOR,
+        init_factor=config.INIT_FACTOR,
+        minloss_forget_time=config.MINLOSS_FORGET_TIME,
+        epsilon=config.EPSILON,
+        gradient_estimator="momentum",
+        gradient_params=None,
+        direction_estimator="adam",
+        direction_params=None,
+        *,
+        name=None,
+        **kwargs,
+    ):
+        if kwargs.get("weight_decay") is not None:
+            raise ValueError(
+                "L4 does not support Keras' `weight_decay` (Keras would scale it "
+                "by `fraction`); add a regularization loss instead. "
+                f"Received: weight_decay={kwargs['weight_decay']!r}"
+            )
+        kwargs.pop("weight_decay", None)
+        if not callable(fraction):
+            fraction = config.check_fraction(fraction)
+        rule = config.make_rule(
+            minloss_factor,
+            init_factor,
+            minloss_forget_time,
+            epsilon,
+            gradient_estimator,
+            gradient_params,
+            direction_estimator,
+            direction_params,
+        )
+        super().__init__(
+            learning_rate=fraction, name=name or type(self).__name__, **kwargs
+        )
+        self._rule = rule
+        self._layout = rule.layout
+        self._estimator_config = dict(
+            gradient_estimator=gradient_estimator,
+            gradient_params=gradient_params,
+            direction_estimator=direction_estimator,
+            direction_params=direction_params,
+        )
+        self._remembered_loss = None
+        self._step = self._min_loss = self._effective_lr = None
+
+    # -- The loss ----------------------------------------------------------
+
+    def scale_loss(self, loss):
+        """Remembers ``loss`` for the next update; Keras' trainer calls this each step."""
+        self._remembered_loss = loss
+        return super().scale_loss(loss)
+
+    def apply_gradients(self, grads_and_vars, loss=None):
+        """Applies one L4 step. ``loss`` is this step's loss (a scalar)."""
+        if loss is not None:
+            self._remembered_loss = loss
+        return super().apply_gradients(grads_and_vars)
+
+    def apply(self, grads, trainable_variables=None, loss=None):
+        """As `apply_gradients`, with gradients and variables in two lists."""
+        if loss is not None:
+            self._remembered_loss = loss
+        return super().apply(grads, trainable_variables)
+
+    def _take_loss(self):
+        loss, self._remembered_loss = self._remembered_loss, None
+        return config.check_loss(loss, _HOW_TO_PASS_LOSS)
+
+    # -- State ---------------------------------------------------------------
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        dtype = l4_rule.scalar_dtype(tf.float32, [v.dtype for v in var_list]).name
+        self._step = self.add_variable((), dtype="int64", name="l4_step")
+        self._min_loss = self.add_variable((), dtype=dtype, name="min_loss")
+        self._effective_lr = self.add_variable(
+            (), dtype=dtype, name="effective_learning_rate"
+        )
+        self._moments = [
+            [self._add_moment(var, slot) for slot in self._layout.names]
+            for var in var_list
+        ]
+
+    def _add_moment(self, var, slot_name):
+        prefix = getattr(var, "path", None) or var.name
+        return self.add_variable(
+            var.shape,
+            dtype=l4_rule.compute_dtype(var.dtype).name,
+            name=f"{prefix.replace('/', '_').replace(':', '_')}_{slot_name}",
+        )
+
+    @property
+    def fraction(self):
+        """alpha: the same as ``learning_rate``."""
+        return self.learning_rate
+
+    @property
+    def min_loss(self):
+        """The variable holding L_min (`None` before the optimizer is built)."""
+        return self._min_loss
+
+    @property
+    def effective_learning_rate(self):
+        """The variable holding the last step's eta (`None` before the optimizer is built)."""
+        return self._effective_lr
+
+    @property
+    def step_count(self):
+        """The variable holding L4's own step count t (`None` before the optimizer is built)."""
+        return self._step
+
+    # -- The step ------------------------------------------------------------
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # L4's stepsize needs every gradient at once, so the whole step is
+        # computed here instead of variable by variable in `update_step`.
+        if tf.distribute.has_strategy():
+            raise NotImplementedError(
+                "L4.compat optimizers do not support tf.distribute strategies yet."
+            )
+        loss = self._take_loss()
+        moments = [
+            self._moments[self._get_variable_index(v)] for v in trainable_variables
+        ]
+        result = l4_rule.l4_step(
+            self._rule,
+            learning_rate,
+            loss,
+            grads=[
+                l4_rule.dense_gradient(g, v) for g, v in zip(grads, trainable_variables)
+            ],
+            moments=[
+                [tf.convert_to_tensor(m) for m in var_moments]
+                for var_moments in moments
+            ],
+            state=l4_rule.State(
+                tf.convert_to_tensor(self._step), tf.convert_to_tensor(self._min_loss)
+            ),
+        )
+        for var, update, var_moments, emas in zip(
+            trainable_variables, result.updates, moments, result.moments
+        ):
+            self.assign_sub(var, update)
+            for moment, ema in zip(var_moments, emas):
+                self.assign(moment, ema)
+        self.assign(self._step, result.state.step)
+        self.assign(self._min_loss, result.state.min_loss)
+        self.assign(self._effective_lr, result.effective_learning_rate)
+
+    def update_step(self, gradient, variable, learning_rate):
+        raise NotImplementedError(
+            "L4 updates all variables at once; see _backend_update_step"
+        )
+
+    # -- Serialization -------------------------------------------------------
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg["fraction"] = cfg.pop("learning_rate")
+        cfg.pop("weight_decay", None)
+        cfg.update(
+            minloss_factor=self._rule.minloss_factor,
+            init_factor=self._rule.init_factor,
+            minloss_forget_time=self._rule.minloss_forget_time,
+            epsilon=self._rule.epsilon,
+            **self._estimator_config,
+        )
+        return cfg
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("fraction"), dict):
+            config["fraction"] = keras.saving.deserialize_keras_object(
+                config["fraction"], custom_objects=custom_objects
+            )
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="L4")
+class L4Adam(L4General):
+    """L4 on Adam's direction, with a momentum gradient estimate, for Keras 3.
+
+    Two EMAs per variable with the defaults, as Adam. See `L4General` for the
+    rule and the arguments; ``adam_params`` takes ``time_scale_grad`` (10.0),
+    ``time_scale_var`` (1000.0) and ``epsilon`` (eps_a, 1e-4).
+
+    Example:
+
+    >>> import keras, L4.compat
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer=L4.compat.L4Adam(fraction=0.2), loss="mse")
+    """
+
+    def __init__(
+        self,
+        fraction=config.FRACTION,
+        minloss_factor=config.MINLOSS_FACTOR,
+        init_factor=config.INIT_FACTOR,
+        minloss_forget_time=config.MINLOSS_FORGET_TIME,
+        epsilon=config.EPSILON,
+        adam_params=None,
+        *,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(
+            fraction,
+            minloss_factor,
+            init_factor,
+            minloss_forget_time,
+            epsilon,
+            gradient_estimator="momentum",
+            direction_estimator="adam",
+            direction_params=adam_params,
+            name=name,
+            **kwargs,
+        )
+        self._estimator_config = dict(adam_params=adam_params)
+
+
+@keras.saving.register_keras_serializable(package="L4")
+class L4Mom(L4General):
+    """L4 on momentum SGD, for Keras 3: one EMA per variable with the defaults.
+
+    See `L4General` for the rule and the arguments; ``mom_params`` takes
+    ``time_momentum`` (10.0) for the direction.
+
+    Example:
+
+    >>> import keras, L4.compat
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    >>> model.compile(optimizer=L4.compat.L4Mom(), loss="mse")
+    """
+
+    def __init__(
+        self,
+        fraction=config.FRACTION,
+        minloss_factor=config.MINLOSS_FACTOR,
+        init_factor=config.INIT_FACTOR,
+        minloss_forget_time=config.MINLOSS_FORGET_TIME,
+        epsilon=config.EPSILON,
+        mom_params=None,
+        *,
+        name=None,
+        **kwargs,
+    ):
+        super().__init__(
+            fraction,
+            minloss_factor,
+            init_factor,
+            minloss_forget_time,
+            epsilon,
+            gradient_estimator="momentum",
+            direction_estimator="momentum",
+            direction_params=mom_params,
+            name=name,
+            **kwargs,
+        )
+        self._estimator_config = dict(mom_params=mom_params)
+
+
+class LogL4(keras.callbacks.Callback):
+    """Adds L4's last ``effective_learning_rate`` and ``min_loss`` to ``fit``'s logs.
+
+    >>> model.fit(x, y, callbacks=[L4.compat.LogL4()])  # doctest: +SKIP
+    >>> history.history["effective_learning_rate"]  # doctest: +SKIP
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._add(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._add(logs)
+
+    def _add(self, logs):
+        opt = self.model.optimizer
+        opt = getattr(opt, "inner_optimizer", opt)  # under a LossScaleOptimizer
+        if (
+            logs is not None
+            and getattr(opt, "effective_learning_rate", None) is not None
+        ):
+            logs["effective_learning_rate"] = float(opt.effective_learning_rate.numpy())
+            logs["min_loss"] = float(opt.min_loss.numpy())
