@@ -81,8 +81,17 @@ def make_rule(
     gradient_params,
     direction_estimator,
     direction_params,
+    loss_lower_bound=0.0,
+    max_effective_learning_rate=None,
 ):
     """Checks the arguments of ``L4General`` (all but ``fraction``)."""
+    if max_effective_learning_rate is not None:
+        max_effective_learning_rate = check_number(
+            "max_effective_learning_rate",
+            max_effective_learning_rate,
+            low=0.0,
+            low_open=True,
+        )
     return l4_rule.Rule(
         minloss_factor=check_number("minloss_factor", minloss_factor, 0.0, 1.0),
         init_factor=check_number("init_factor", init_factor, 0.0, 1.0),
@@ -99,6 +108,8 @@ def make_rule(
         gradient=make_estimator(
             "gradient_estimator", gradient_estimator, gradient_params, "gradient_params"
         ),
+        loss_lower_bound=check_number("loss_lower_bound", loss_lower_bound),
+        max_effective_learning_rate=max_effective_learning_rate,
     )
 
 
@@ -107,8 +118,13 @@ def check_fraction(fraction):
     return check_number("fraction", fraction, low=0.0, low_open=True)
 
 
-def check_loss(loss, how_to_pass):
-    """``loss`` as a scalar tensor; ``how_to_pass`` completes the error without one."""
+def check_loss(loss, how_to_pass, lower_bound=0.0):
+    """``loss`` as a scalar tensor, checked against ``lower_bound`` when it runs.
+
+    ``how_to_pass`` completes the error raised without a loss. A finite loss
+    below ``lower_bound`` raises ``InvalidArgumentError`` when the step runs
+    (under XLA, which drops assertions, the step is skipped instead).
+    """
     if loss is None:
         raise ValueError(
             "L4 sets its stepsize from the current loss, and no loss is known "
@@ -124,11 +140,28 @@ def check_loss(loss, how_to_pass):
             "`loss` must be a scalar (reduce it, e.g. with tf.reduce_mean). "
             f"Received: loss={loss!r}"
         )
-    if (
-        not tf.executing_eagerly()
-        and loss.graph is not tf.compat.v1.get_default_graph()
+    if not tf.executing_eagerly() and not _visible_from(
+        loss.graph, tf.compat.v1.get_default_graph()
     ):
         raise ValueError(
             "The loss belongs to another graph than this training step. " + how_to_pass
         )
-    return tf.reshape(loss, [])
+    loss = tf.reshape(loss, [])
+    # A non-finite loss is not an error: the step is skipped.
+    plausible = (loss >= lower_bound) | tf.logical_not(tf.math.is_finite(loss))
+    message = (
+        f"L4 assumes the loss never goes below loss_lower_bound={lower_bound!r}, "
+        "and this step's loss does. For a loss that can be negative, declare the "
+        "lowest value it can take: e.g. L4Adam(loss_lower_bound=-1.0). Loss:"
+    )
+    with tf.control_dependencies([tf.debugging.Assert(plausible, [message, loss])]):
+        return tf.identity(loss)
+
+
+def _visible_from(graph, current):
+    """Whether a tensor of ``graph`` can be used in ``current`` (or its inner functions)."""
+    while current is not None:
+        if current is graph:
+            return True
+        current = getattr(current, "outer_graph", None)
+    return False

@@ -12,6 +12,7 @@ from L4 import config
 from L4 import rule as l4_rule
 
 _STEP = "l4_step"
+_SKIPPED = "skipped_steps"
 _MIN_LOSS = "min_loss"
 _EFFECTIVE_LR = "effective_learning_rate"
 
@@ -36,6 +37,10 @@ class L4General(tf.compat.v1.train.Optimizer):
     L4 needs the loss: `minimize` and `compute_gradients` remember it for the
     next `apply_gradients`, which also accepts it as ``loss=`` or, as in the
     first release, as its second positional argument.
+
+    A step whose loss, ``<v, g>`` or eta is not finite (NaN, Inf) is skipped:
+    variables, slots, L_min and t stay as they were, eta reads 0 and
+    `skipped_steps` counts it.
 
     In graph mode, when no ``global_step`` is passed, the graph's global step
     is created if needed and incremented, as the original release did. L4's
@@ -63,8 +68,14 @@ class L4General(tf.compat.v1.train.Optimizer):
             Defaults to `'adam'`.
         direction_params: parameters of ``direction_estimator``, as above.
             Defaults to `None`.
+        loss_lower_bound: the lowest value the loss can take; L4 works on
+            ``L - loss_lower_bound``. The paper's rule assumes 0; declare it for
+            losses that can be negative. A step whose loss is below it raises
+            ``InvalidArgumentError``. Keyword-only. Defaults to `0.0`.
+        max_effective_learning_rate: a cap on eta, for runs that diverge.
+            Keyword-only. Defaults to `None` (no cap, as in the paper).
         use_locking: if `True`, use locks for the update operations.
-            Defaults to `False`.
+            Keyword-only. Defaults to `False`.
         name: prefix of the operations and slot variables. Defaults to the
             class name.
 
@@ -92,6 +103,8 @@ class L4General(tf.compat.v1.train.Optimizer):
         direction_estimator="adam",
         direction_params=None,
         *,
+        loss_lower_bound=0.0,
+        max_effective_learning_rate=None,
         use_locking=False,
         name=None,
     ):
@@ -106,6 +119,8 @@ class L4General(tf.compat.v1.train.Optimizer):
             gradient_params,
             direction_estimator,
             direction_params,
+            loss_lower_bound,
+            max_effective_learning_rate,
         )
         self._layout = self._rule.layout
         self._remembered_loss = None
@@ -159,7 +174,7 @@ class L4General(tf.compat.v1.train.Optimizer):
         if loss is None:
             loss = self._remembered_loss
         self._remembered_loss = None
-        return config.check_loss(loss, _HOW_TO_PASS_LOSS)
+        return config.check_loss(loss, _HOW_TO_PASS_LOSS, self._rule.loss_lower_bound)
 
     # -- State ---------------------------------------------------------------
 
@@ -179,6 +194,7 @@ class L4General(tf.compat.v1.train.Optimizer):
     def _create_state(self, var_list, dtype):
         first_var = min(var_list, key=lambda v: v.name)
         self._create_non_slot_variable(np.int64(0), _STEP, first_var)
+        self._create_non_slot_variable(np.int64(0), _SKIPPED, first_var)
         zero = np.array(0.0, dtype.as_numpy_dtype)
         self._create_non_slot_variable(zero, _MIN_LOSS, first_var)
         self._create_non_slot_variable(zero, _EFFECTIVE_LR, first_var)
@@ -202,6 +218,11 @@ class L4General(tf.compat.v1.train.Optimizer):
     def step_count(self):
         """The variable holding L4's own step count t (`None` before the first step)."""
         return self._state_variable(_STEP)
+
+    @property
+    def skipped_steps(self):
+        """The variable counting the steps skipped for a non-finite loss or update."""
+        return self._state_variable(_SKIPPED)
 
     # -- The step ------------------------------------------------------------
 
@@ -254,6 +275,7 @@ class L4General(tf.compat.v1.train.Optimizer):
         step_var = self._state_variable(_STEP)
         min_loss_var = self._state_variable(_MIN_LOSS)
         eta_var = self._state_variable(_EFFECTIVE_LR)
+        skipped_var = self._state_variable(_SKIPPED)
         slots = [[self.get_slot(v, n) for n in self._layout.names] for _, v in pairs]
         result = l4_rule.l4_step(
             self._rule,
@@ -264,7 +286,9 @@ class L4General(tf.compat.v1.train.Optimizer):
                 [tf.convert_to_tensor(s) for s in var_slots] for var_slots in slots
             ],
             state=l4_rule.State(
-                tf.convert_to_tensor(step_var), tf.convert_to_tensor(min_loss_var)
+                tf.convert_to_tensor(step_var),
+                tf.convert_to_tensor(min_loss_var),
+                tf.convert_to_tensor(skipped_var),
             ),
         )
         lock = self._use_locking
@@ -286,6 +310,7 @@ class L4General(tf.compat.v1.train.Optimizer):
                 ]
             assigns += [
                 step_var.assign(result.state.step, read_value=False),
+                skipped_var.assign(result.state.skipped, read_value=False),
                 min_loss_var.assign(result.state.min_loss, read_value=False),
                 eta_var.assign(result.effective_learning_rate, read_value=False),
             ]
@@ -309,7 +334,7 @@ class L4Adam(L4General):
         adam_params: parameters of the Adam direction: ``time_scale_grad``
             (10.0), ``time_scale_var`` (1000.0) and ``epsilon`` (eps_a, 1e-4).
             Defaults to `None` (those defaults).
-        use_locking, name: as in `L4General`.
+        **kwargs: the keyword-only options of `L4General`.
 
     Example:
 
@@ -327,9 +352,7 @@ class L4Adam(L4General):
         minloss_forget_time=config.MINLOSS_FORGET_TIME,
         epsilon=config.EPSILON,
         adam_params=None,
-        *,
-        use_locking=False,
-        name=None,
+        **kwargs,
     ):
         super().__init__(
             fraction,
@@ -340,8 +363,7 @@ class L4Adam(L4General):
             gradient_estimator="momentum",
             direction_estimator="adam",
             direction_params=adam_params,
-            use_locking=use_locking,
-            name=name,
+            **kwargs,
         )
 
 
@@ -357,7 +379,7 @@ class L4Mom(L4General):
         mom_params: parameters of the momentum direction: ``time_momentum``
             (10.0). Defaults to `None`. As in the original release, the
             gradient estimate keeps its default time scale.
-        use_locking, name: as in `L4General`.
+        **kwargs: the keyword-only options of `L4General`.
 
     Example:
 
@@ -375,9 +397,7 @@ class L4Mom(L4General):
         minloss_forget_time=config.MINLOSS_FORGET_TIME,
         epsilon=config.EPSILON,
         mom_params=None,
-        *,
-        use_locking=False,
-        name=None,
+        **kwargs,
     ):
         super().__init__(
             fraction,
@@ -388,8 +408,7 @@ class L4Mom(L4General):
             gradient_estimator="momentum",
             direction_estimator="momentum",
             direction_params=mom_params,
-            use_locking=use_locking,
-            name=name,
+            **kwargs,
         )
 
 

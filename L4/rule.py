@@ -105,7 +105,10 @@ class Rule(NamedTuple):
     """The hyperparameters of L4 other than alpha (which may change per step).
 
     minloss_factor: gamma; init_factor: gamma0; minloss_forget_time: tau;
-    epsilon: eps in the stepsize's denominator.
+    epsilon: eps in the stepsize's denominator. Beyond the paper:
+    ``loss_lower_bound`` is the value the loss cannot go below (L4 works on
+    ``L - loss_lower_bound``; the paper's 0 by default), and
+    ``max_effective_learning_rate`` caps eta (`None`: no cap, as the paper).
     """
 
     minloss_factor: float
@@ -114,6 +117,8 @@ class Rule(NamedTuple):
     epsilon: float
     direction: Estimator
     gradient: Estimator
+    loss_lower_bound: float = 0.0
+    max_effective_learning_rate: float | None = None
 
     @property
     def layout(self) -> Layout:
@@ -121,10 +126,12 @@ class Rule(NamedTuple):
 
 
 class State(NamedTuple):
-    """The scalar state: ``step`` is t (int64), ``min_loss`` is L_min."""
+    """The scalar state: ``step`` is t (int64), ``min_loss`` is L_min;
+    ``skipped`` counts the steps skipped for a non-finite loss or update."""
 
     step: tf.Tensor
     min_loss: tf.Tensor
+    skipped: tf.Tensor
 
 
 class Step(NamedTuple):
@@ -133,7 +140,8 @@ class Step(NamedTuple):
     ``updates[i] = eta * v_i`` is to be subtracted from theta_i; ``moments``
     are the new EMAs of each variable, ``state`` the new `State`;
     ``effective_learning_rate`` is eta and ``min_loss`` the L_min it used
-    (before forgetting).
+    (before forgetting). A skipped step has zero updates, eta 0, and the
+    EMAs and state it was given, but for ``state.skipped``.
     """
 
     updates: list
@@ -216,14 +224,19 @@ def _as_scalar(value, dtype):
 def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     """One L4 step over all variables.
 
+    The step is skipped when the loss, ``<v, g>`` or eta is not finite (one
+    bad batch must not poison the EMAs and L_min for good), when the loss is
+    below ``rule.loss_lower_bound``, or when an update overflows a half
+    precision variable.
+
     Args:
         rule: the hyperparameters, see `Rule`.
         fraction: alpha, a scalar.
         loss: L, the current loss, a scalar.
-        grads: dense gradients, one per variable.
+        grads: dense gradients, one per variable, in the variables' dtypes.
         moments: for each variable, the values of its EMAs in ``rule.layout`` order
             (in ``compute_dtype`` of the variable's dtype).
-        state: t and L_min before this step.
+        state: t, L_min and the skip count before this step.
 
     Returns:
         A `Step`. Its updates are in each variable's compute dtype; eta, L_min and
@@ -231,7 +244,9 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     """
     lay = rule.layout
     dtype = scalar_dtype(loss.dtype, [g.dtype for g in grads])
-    loss = tf.cast(loss, dtype)
+    # L4 works on the loss above its lower bound; L_min is kept in loss units.
+    bound = tf.constant(rule.loss_lower_bound, dtype)
+    loss = tf.cast(loss, dtype) - bound
     step = state.step
     same_estimate = rule.direction == rule.gradient
 
@@ -248,18 +263,48 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
         new_moments.append(emas)
         directions.append(v)
         partial_products.append(tf.cast(tf.reduce_sum(v * g), dtype))
+    # A non-finite element of any v_i or g_i makes this sum non-finite.
+    inner_product = tf.add_n(partial_products)
 
     min_loss = update_min_loss(
-        tf.cast(state.min_loss, dtype), loss, step, rule.init_factor
+        tf.cast(state.min_loss, dtype) - bound, loss, step, rule.init_factor
     )
     eta = stepsize(
         _as_scalar(fraction, dtype),
         loss,
         min_loss,
-        tf.add_n(partial_products),
+        inner_product,
         rule.minloss_factor,
         rule.epsilon,
     )
+    if rule.max_effective_learning_rate is not None:
+        eta = tf.minimum(eta, tf.constant(rule.max_effective_learning_rate, dtype))
     updates = [tf.cast(eta, v.dtype) * v for v in directions]
-    new_state = State(step + 1, forget_min_loss(min_loss, rule.minloss_forget_time))
-    return Step(updates, new_moments, new_state, eta, min_loss)
+
+    ok = tf.reduce_all(
+        tf.math.is_finite(tf.stack([loss, inner_product, eta])) & (loss >= 0)
+    )
+    for grad, update in zip(grads, updates):
+        if grad.dtype in (tf.float16, tf.bfloat16):
+            ok &= tf.reduce_all(tf.math.is_finite(tf.cast(update, grad.dtype)))
+
+    def keep(new, old):
+        return tf.where(ok, new, old)
+
+    return Step(
+        updates=[keep(u, tf.zeros_like(u)) for u in updates],
+        moments=[
+            [keep(new, old) for new, old in zip(new_emas, old_emas)]
+            for new_emas, old_emas in zip(new_moments, moments)
+        ],
+        state=State(
+            step=keep(step + 1, step),
+            min_loss=keep(
+                forget_min_loss(min_loss, rule.minloss_forget_time) + bound,
+                tf.cast(state.min_loss, dtype),
+            ),
+            skipped=state.skipped + tf.cast(tf.logical_not(ok), state.skipped.dtype),
+        ),
+        effective_learning_rate=keep(eta, tf.zeros_like(eta)),
+        min_loss=min_loss + bound,
+    )

@@ -34,6 +34,10 @@ class L4General(keras.optimizers.Optimizer):
     `scale_loss`, which Keras calls with the batch loss; custom loops pass it
     to `apply_gradients` or `apply` as ``loss=``.
 
+    A step whose loss, ``<v, g>`` or eta is not finite (NaN, Inf) is skipped:
+    variables, EMAs, L_min and t stay as they were, eta reads 0 and
+    ``opt.skipped_steps`` counts it.
+
     ``fraction`` is Keras' learning rate: ``opt.learning_rate`` reads and sets
     it, so ``ReduceLROnPlateau``, ``LearningRateScheduler`` and a
     ``LearningRateSchedule`` as ``fraction`` act on alpha. The last eta and
@@ -56,6 +60,13 @@ class L4General(keras.optimizers.Optimizer):
         gradient_params: its parameters (see ``L4.L4General``). Defaults to `None`.
         direction_estimator: `'momentum'` or `'adam'`. Defaults to `'adam'`.
         direction_params: its parameters. Defaults to `None`.
+        loss_lower_bound: the lowest value the loss can take; L4 works on
+            ``L - loss_lower_bound``. Declare it for losses that can be
+            negative. A step whose loss is below it raises
+            ``InvalidArgumentError`` (under XLA, which drops assertions, the
+            step is skipped). Defaults to `0.0`.
+        max_effective_learning_rate: a cap on eta, for runs that diverge.
+            Defaults to `None` (no cap, as in the paper).
         name: the optimizer's name. Defaults to the class name.
         **kwargs: Keras' common optimizer arguments (``clipnorm``,
             ``clipvalue``, ``global_clipnorm``, ``use_ema``, ...).
@@ -84,6 +95,8 @@ class L4General(keras.optimizers.Optimizer):
         direction_estimator="adam",
         direction_params=None,
         *,
+        loss_lower_bound=0.0,
+        max_effective_learning_rate=None,
         name=None,
         **kwargs,
     ):
@@ -105,6 +118,8 @@ class L4General(keras.optimizers.Optimizer):
             gradient_params,
             direction_estimator,
             direction_params,
+            loss_lower_bound,
+            max_effective_learning_rate,
         )
         super().__init__(
             learning_rate=fraction, name=name or type(self).__name__, **kwargs
@@ -118,7 +133,7 @@ class L4General(keras.optimizers.Optimizer):
             direction_params=direction_params,
         )
         self._remembered_loss = None
-        self._step = self._min_loss = self._effective_lr = None
+        self._step = self._min_loss = self._effective_lr = self._skipped = None
 
     # -- The loss ----------------------------------------------------------
 
@@ -141,7 +156,7 @@ class L4General(keras.optimizers.Optimizer):
 
     def _take_loss(self):
         loss, self._remembered_loss = self._remembered_loss, None
-        return config.check_loss(loss, _HOW_TO_PASS_LOSS)
+        return config.check_loss(loss, _HOW_TO_PASS_LOSS, self._rule.loss_lower_bound)
 
     # -- State ---------------------------------------------------------------
 
@@ -151,6 +166,7 @@ class L4General(keras.optimizers.Optimizer):
         super().build(var_list)
         dtype = l4_rule.scalar_dtype(tf.float32, [v.dtype for v in var_list]).name
         self._step = self.add_variable((), dtype="int64", name="l4_step")
+        self._skipped = self.add_variable((), dtype="int64", name="skipped_steps")
         self._min_loss = self.add_variable((), dtype=dtype, name="min_loss")
         self._effective_lr = self.add_variable(
             (), dtype=dtype, name="effective_learning_rate"
@@ -188,6 +204,11 @@ class L4General(keras.optimizers.Optimizer):
         """The variable holding L4's own step count t (`None` before the optimizer is built)."""
         return self._step
 
+    @property
+    def skipped_steps(self):
+        """The variable counting steps skipped for a non-finite loss or update."""
+        return self._skipped
+
     # -- The step ------------------------------------------------------------
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
@@ -213,7 +234,9 @@ class L4General(keras.optimizers.Optimizer):
                 for var_moments in moments
             ],
             state=l4_rule.State(
-                tf.convert_to_tensor(self._step), tf.convert_to_tensor(self._min_loss)
+                tf.convert_to_tensor(self._step),
+                tf.convert_to_tensor(self._min_loss),
+                tf.convert_to_tensor(self._skipped),
             ),
         )
         for var, update, var_moments, emas in zip(
@@ -223,6 +246,7 @@ class L4General(keras.optimizers.Optimizer):
             for moment, ema in zip(var_moments, emas):
                 self.assign(moment, ema)
         self.assign(self._step, result.state.step)
+        self.assign(self._skipped, result.state.skipped)
         self.assign(self._min_loss, result.state.min_loss)
         self.assign(self._effective_lr, result.effective_learning_rate)
 
@@ -242,6 +266,8 @@ class L4General(keras.optimizers.Optimizer):
             init_factor=self._rule.init_factor,
             minloss_forget_time=self._rule.minloss_forget_time,
             epsilon=self._rule.epsilon,
+            loss_lower_bound=self._rule.loss_lower_bound,
+            max_effective_learning_rate=self._rule.max_effective_learning_rate,
             **self._estimator_config,
         )
         return cfg

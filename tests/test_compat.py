@@ -259,8 +259,8 @@ def test_equal_emas_are_kept_once(make_optimizer, moments):
     opt = make_optimizer()
     var_list = [tf.Variable(tf.ones([3, 4])), tf.Variable(tf.ones([4]))]
     opt.build(var_list)
-    # iteration and learning_rate (Keras'), t, L_min, eta, then the EMAs.
-    assert len(opt.variables) == 5 + moments * len(var_list)
+    # iteration and learning_rate (Keras'), t, skips, L_min, eta, then the EMAs.
+    assert len(opt.variables) == 6 + moments * len(var_list)
 
 
 @pytest.mark.parametrize(

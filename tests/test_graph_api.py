@@ -276,8 +276,8 @@ def test_equal_emas_are_kept_once(make_optimizer, slots):
         opt = make_optimizer()
         opt.minimize(tf.reduce_sum(w * w), var_list=[w])
         assert sorted(opt.get_slot_names()) == slots
-        # Slots, plus three scalars (t, L_min, eta); nothing per variable besides.
-        assert len(opt.variables()) == len(slots) + 3
+        # Slots, plus four scalars (t, skips, L_min, eta); nothing per variable besides.
+        assert len(opt.variables()) == len(slots) + 4
 
 
 def test_graph_mode_writes_the_original_summaries():
