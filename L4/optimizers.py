@@ -8,8 +8,10 @@ eta in non-slot variables, one set per graph) and compute each step with
 import numpy as np
 import tensorflow as tf
 
-from L4 import config
+from L4 import config, loss_scaling
 from L4 import rule as l4_rule
+
+loss_scaling.install_v1()
 
 _STEP = "l4_step"
 _SKIPPED = "skipped_steps"
@@ -124,6 +126,7 @@ class L4General(tf.compat.v1.train.Optimizer):
         )
         self._layout = self._rule.layout
         self._remembered_loss = None
+        self._unscaled_loss = None
 
     # -- The loss ----------------------------------------------------------
 
@@ -156,7 +159,7 @@ class L4General(tf.compat.v1.train.Optimizer):
                 colocate_gradients_with_ops,
                 grad_loss,
             )
-            self._remembered_loss = values[-1]
+            loss = values[-1]
         else:
             grads_and_vars = super().compute_gradients(
                 loss,
@@ -166,8 +169,14 @@ class L4General(tf.compat.v1.train.Optimizer):
                 colocate_gradients_with_ops,
                 grad_loss,
             )
-            self._remembered_loss = loss
+        # Under a loss-scale wrapper, ``loss`` is scaled; the wrapper handed
+        # over the true one (see L4.loss_scaling).
+        unscaled, self._unscaled_loss = self._unscaled_loss, None
+        self._remembered_loss = loss if unscaled is None else unscaled
         return grads_and_vars
+
+    def _receive_unscaled_loss(self, loss):
+        self._unscaled_loss = loss
 
     def _take_loss(self, loss):
         """The loss for this step: the one given, else the remembered one."""

@@ -8,8 +8,10 @@ t, L_min and the last eta as scalars) and compute each step with
 import keras
 import tensorflow as tf
 
-from L4 import config
+from L4 import config, loss_scaling
 from L4 import rule as l4_rule
+
+loss_scaling.install_keras()
 
 _HOW_TO_PASS_LOSS = (
     "In a custom training loop, pass it: "
@@ -141,6 +143,10 @@ class L4General(keras.optimizers.Optimizer):
         """Remembers ``loss`` for the next update; Keras' trainer calls this each step."""
         self._remembered_loss = loss
         return super().scale_loss(loss)
+
+    def _receive_unscaled_loss(self, loss):
+        # From a LossScaleOptimizer around this one (see L4.loss_scaling).
+        self._remembered_loss = loss
 
     def apply_gradients(self, grads_and_vars, loss=None):
         """Applies one L4 step. ``loss`` is this step's loss (a scalar)."""
