@@ -59,7 +59,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         params = getattr(item, "callspec", None)
         mode = params.params.get("mode") if params else None
-        needs_eager = item.get_closest_marker("eager") or mode in EAGER_MODES
+        needs_eager = (
+            item.get_closest_marker("eager")
+            or item.get_closest_marker("subprocess")
+            or mode in EAGER_MODES
+        )
         needs_graph_process = item.get_closest_marker("graph_process")
         runs = not needs_graph_process if BEHAVIOR == "v2" else not needs_eager
         (keep if runs else drop).append(item)

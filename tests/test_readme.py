@@ -18,6 +18,7 @@ def test_the_readme_has_runnable_examples():
     assert len(BLOCKS) >= 2
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index, tmp_path):
     # Each block in its own process: the TF1 one disables v2 behaviour.

@@ -10,6 +10,7 @@ import pytest
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resume_worker.py")
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("front", ["saver", "checkpoint", "keras"])
 def test_resume_in_a_new_process(front, tmp_path):
     for phase in ("first", "second"):
