@@ -8,7 +8,7 @@ eta in non-slot variables, one set per graph) and compute each step with
 import numpy as np
 import tensorflow as tf
 
-from L4 import config, loss_scaling
+from L4 import config, fused, loss_scaling
 from L4 import rule as l4_rule
 
 loss_scaling.install_v1()
@@ -286,14 +286,13 @@ class L4General(tf.compat.v1.train.Optimizer):
         eta_var = self._state_variable(_EFFECTIVE_LR)
         skipped_var = self._state_variable(_SKIPPED)
         slots = [[self.get_slot(v, n) for n in self._layout.names] for _, v in pairs]
+        moments = [[tf.convert_to_tensor(s) for s in var_slots] for var_slots in slots]
         result = l4_rule.l4_step(
             self._rule,
             self._fraction,
             loss,
             grads=[g for g, _ in pairs],
-            moments=[
-                [tf.convert_to_tensor(s) for s in var_slots] for var_slots in slots
-            ],
+            moments=moments,
             state=l4_rule.State(
                 tf.convert_to_tensor(step_var),
                 tf.convert_to_tensor(min_loss_var),
@@ -301,33 +300,50 @@ class L4General(tf.compat.v1.train.Optimizer):
             ),
         )
         lock = self._use_locking
-        # eta depends on every read of the state; writing only after it is
-        # known keeps reads and writes apart in graphs without automatic
-        # control dependencies (ref variables, v1 graphs).
-        with tf.control_dependencies([result.effective_learning_rate]):
-            assigns = []
-            for (_, var), update, var_slots, emas in zip(
-                pairs, result.updates, slots, result.moments
+
+        def assign_state(state, eta):
+            return [
+                step_var.assign(state.step, read_value=False),
+                skipped_var.assign(state.skipped, read_value=False),
+                min_loss_var.assign(state.min_loss, read_value=False),
+                eta_var.assign(eta, read_value=False),
+            ]
+
+        def take_step():
+            ops = assign_state(result.state, result.effective_learning_rate)
+            for (_, var), v, var_slots, emas in zip(
+                pairs, result.directions, slots, result.moments
             ):
-                delta = tf.cast(update, var.dtype.base_dtype)
-                assigns.append(
-                    var.assign_sub(delta, use_locking=lock, read_value=False)
-                )
-                assigns += [
+                ops.append(fused.apply_descent(var, result.direction_scale, v, lock))
+                ops += [
                     slot.assign(ema, use_locking=lock, read_value=False)
                     for slot, ema in zip(var_slots, emas)
                 ]
-            assigns += [
-                step_var.assign(result.state.step, read_value=False),
-                skipped_var.assign(result.state.skipped, read_value=False),
-                min_loss_var.assign(result.state.min_loss, read_value=False),
-                eta_var.assign(result.effective_learning_rate, read_value=False),
-            ]
+            return _done_after(ops)
+
+        def skip_step():
+            return _done_after(
+                assign_state(result.skipped_state, result.effective_learning_rate)
+            )
+
+        # The branch runs after `ok`, which depends on every read of the state,
+        # so reads and writes stay apart also in graphs without automatic
+        # control dependencies (ref variables, v1 graphs).
+        if (
+            graph_mode
+            and _has_ref_variables(pairs)
+            and tf.compat.v1.control_flow_v2_enabled()
+        ):
+            # Control flow v2 cannot assign ref variables in a branch.
+            result = l4_rule.select_taken(result, moments)
+            done = take_step()
+        else:
+            done = tf.cond(result.ok, take_step, skip_step)
         if graph_mode:
             # The original release's summaries; they need no TensorBoard.
             tf.compat.v1.summary.scalar(_EFFECTIVE_LR, result.effective_learning_rate)
             tf.compat.v1.summary.scalar("min_loss_estimate", result.min_loss)
-        return tf.group(*assigns)
+        return tf.group(done)
 
 
 class L4Adam(L4General):
@@ -419,6 +435,16 @@ class L4Mom(L4General):
             direction_params=mom_params,
             **kwargs,
         )
+
+
+def _has_ref_variables(pairs):
+    return any(not hasattr(var, "handle") for _, var in pairs)
+
+
+def _done_after(ops):
+    """A tensor that is computed after ``ops`` (tf.cond's branches return tensors)."""
+    with tf.control_dependencies(ops):
+        return tf.constant(True)
 
 
 def _is_floating(value):

@@ -137,16 +137,20 @@ class State(NamedTuple):
 class Step(NamedTuple):
     """What one step yields.
 
-    ``updates[i] = eta * v_i`` is to be subtracted from theta_i; ``moments``
-    are the new EMAs of each variable, ``state`` the new `State`;
-    ``effective_learning_rate`` is eta and ``min_loss`` the L_min it used
-    (before forgetting). A skipped step has zero updates, eta 0, and the
-    EMAs and state it was given, but for ``state.skipped``.
+    ``ok`` says whether the step is taken. If it is, theta_i decreases by
+    ``direction_scale * directions[i]`` (which is eta * v_i), the EMAs become
+    ``moments`` and the state ``state``; if not, only the state changes, to
+    ``skipped_state`` (the skip counted). ``effective_learning_rate`` is eta
+    (0 for a skipped step) and ``min_loss`` the L_min it used, before
+    forgetting.
     """
 
-    updates: list
+    ok: tf.Tensor
+    directions: list
+    direction_scale: tf.Tensor
     moments: list
     state: State
+    skipped_state: State
     effective_learning_rate: tf.Tensor
     min_loss: tf.Tensor
 
@@ -182,21 +186,32 @@ def update_moment(moment: Moment, ema, grad):
 
 
 def estimate(estimator: Estimator, emas, step):
-    """The bias-corrected output of ``estimator`` from its updated ``emas``.
+    """The bias-corrected output of ``estimator`` as ``(scale, u)``: it is ``scale * u``.
 
-    ``step`` is t, so the correction is ``1 - d^(t+1)``.
+    ``emas`` are the estimator's EMAs after this step's update and ``step`` is
+    t, so each correction is ``c = 1 - d^(t+1)``. Momentum: ``m / c``, that is
+    ``(1/c, m)``. Adam: ``(m / c1) / (sqrt(s / c2) + eps)``, that is
+    ``(sqrt(c2) / c1, m / (sqrt(s) + eps * sqrt(c2)))``. Keeping the
+    corrections in the scalar saves passes over the arrays.
     """
-    dtype = emas[0].dtype
+    scale, epsilon = _corrections(estimator, step, emas[0].dtype)
+    if estimator.kind == "momentum":
+        return scale, emas[0]
+    return scale, emas[0] / (tf.sqrt(emas[1]) + epsilon)
+
+
+def _corrections(estimator, step, dtype):
+    """``estimate``'s scale (``1/c1``, or ``sqrt(c2)/c1`` for Adam) and ``eps * sqrt(c2)``."""
     count = tf.cast(step + 1, dtype)
 
-    def corrected(moment, ema):
-        return ema / (1.0 - tf.pow(tf.constant(moment.decay, dtype), count))
+    def correction(moment):
+        return 1.0 - tf.pow(tf.constant(moment.decay, dtype), count)
 
-    first = corrected(estimator.moments[0], emas[0])
+    c1 = correction(estimator.moments[0])
     if estimator.kind == "momentum":
-        return first
-    second = corrected(estimator.moments[1], emas[1])
-    return first / (tf.sqrt(second) + estimator.epsilon)
+        return 1.0 / c1, None
+    root_c2 = tf.sqrt(correction(estimator.moments[1]))
+    return root_c2 / c1, estimator.epsilon * root_c2
 
 
 def update_min_loss(min_loss, loss, step, init_factor):
@@ -224,10 +239,11 @@ def _as_scalar(value, dtype):
 def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     """One L4 step over all variables.
 
-    The step is skipped when the loss, ``<v, g>`` or eta is not finite (one
+    The step is not taken when the loss, ``<v, g>`` or eta is not finite (one
     bad batch must not poison the EMAs and L_min for good), when the loss is
-    below ``rule.loss_lower_bound``, or when an update overflows a half
-    precision variable.
+    below ``rule.loss_lower_bound``, or when an update could overflow its
+    variable's dtype; the front ends branch on ``Step.ok`` (or use
+    `select_taken`).
 
     Args:
         rule: the hyperparameters, see `Rule`.
@@ -239,8 +255,8 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
         state: t, L_min and the skip count before this step.
 
     Returns:
-        A `Step`. Its updates are in each variable's compute dtype; eta, L_min and
-        the inner product are in ``scalar_dtype`` of the inputs.
+        A `Step`. Directions and EMAs are in each variable's compute dtype; eta,
+        L_min and the inner product in ``scalar_dtype`` of the inputs.
     """
     lay = rule.layout
     dtype = scalar_dtype(loss.dtype, [g.dtype for g in grads])
@@ -254,15 +270,16 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     for grad, emas in zip(grads, moments):
         grad = tf.cast(grad, compute_dtype(grad.dtype))
         emas = [update_moment(m, ema, grad) for m, ema in zip(lay.moments, emas)]
-        v = estimate(rule.direction, [emas[i] for i in lay.direction], step)
-        g = (
-            v
-            if same_estimate
-            else estimate(rule.gradient, [emas[i] for i in lay.gradient], step)
-        )
+        v_scale, v = estimate(rule.direction, [emas[i] for i in lay.direction], step)
+        if same_estimate:
+            g_scale, g = v_scale, v
+        else:
+            g_scale, g = estimate(rule.gradient, [emas[i] for i in lay.gradient], step)
         new_moments.append(emas)
         directions.append(v)
-        partial_products.append(tf.cast(tf.reduce_sum(v * g), dtype))
+        # One pass, no temporary: <u_v, u_g> as a dot product of flat views.
+        dot = tf.tensordot(tf.reshape(v, [-1]), tf.reshape(g, [-1]), 1)
+        partial_products.append(tf.cast(v_scale * g_scale * dot, dtype))
     # A non-finite element of any v_i or g_i makes this sum non-finite.
     inner_product = tf.add_n(partial_products)
 
@@ -279,32 +296,57 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     )
     if rule.max_effective_learning_rate is not None:
         eta = tf.minimum(eta, tf.constant(rule.max_effective_learning_rate, dtype))
-    updates = [tf.cast(eta, v.dtype) * v for v in directions]
+    # The direction's scale is the same for every variable.
+    direction_scale = eta * _corrections(rule.direction, step, dtype)[0]
 
     ok = tf.reduce_all(
         tf.math.is_finite(tf.stack([loss, inner_product, eta])) & (loss >= 0)
     )
-    for grad, update in zip(grads, updates):
-        if grad.dtype in (tf.float16, tf.bfloat16):
-            ok &= tf.reduce_all(tf.math.is_finite(tf.cast(update, grad.dtype)))
+    for grad, v in zip(grads, directions):
+        # The largest update element is at most scale * ||v||: if that fits the
+        # variable's dtype, no element overflows. ||v|| is one dot product.
+        norm = tf.sqrt(tf.tensordot(tf.reshape(v, [-1]), tf.reshape(v, [-1]), 1))
+        largest = tf.cast(direction_scale, v.dtype) * norm
+        ok &= tf.math.is_finite(tf.cast(largest, grad.dtype))
+
+    old_min_loss = tf.cast(state.min_loss, dtype)
+    return Step(
+        ok=ok,
+        directions=directions,
+        direction_scale=direction_scale,
+        moments=new_moments,
+        state=State(
+            step=step + 1,
+            min_loss=forget_min_loss(min_loss, rule.minloss_forget_time) + bound,
+            skipped=state.skipped,
+        ),
+        skipped_state=State(
+            step=step, min_loss=old_min_loss, skipped=state.skipped + 1
+        ),
+        effective_learning_rate=tf.where(ok, eta, tf.zeros_like(eta)),
+        min_loss=min_loss + bound,
+    )
+
+
+def select_taken(step: Step, moments) -> Step:
+    """``step`` with the skip done by selection instead of by branching.
+
+    For graphs that cannot branch around assignments (ref variables under
+    control flow v2): every assignment of the result can run unconditionally.
+    ``moments`` are the EMAs before the step.
+    """
+    ok = step.ok
 
     def keep(new, old):
         return tf.where(ok, new, old)
 
-    return Step(
-        updates=[keep(u, tf.zeros_like(u)) for u in updates],
+    return step._replace(
+        ok=tf.constant(True),
+        directions=[keep(v, tf.zeros_like(v)) for v in step.directions],
+        direction_scale=keep(step.direction_scale, tf.zeros_like(step.direction_scale)),
         moments=[
             [keep(new, old) for new, old in zip(new_emas, old_emas)]
-            for new_emas, old_emas in zip(new_moments, moments)
+            for new_emas, old_emas in zip(step.moments, moments)
         ],
-        state=State(
-            step=keep(step + 1, step),
-            min_loss=keep(
-                forget_min_loss(min_loss, rule.minloss_forget_time) + bound,
-                tf.cast(state.min_loss, dtype),
-            ),
-            skipped=state.skipped + tf.cast(tf.logical_not(ok), state.skipped.dtype),
-        ),
-        effective_learning_rate=keep(eta, tf.zeros_like(eta)),
-        min_loss=min_loss + bound,
+        state=State(*(keep(n, o) for n, o in zip(step.state, step.skipped_state))),
     )

@@ -8,7 +8,7 @@ t, L_min and the last eta as scalars) and compute each step with
 import keras
 import tensorflow as tf
 
-from L4 import config, loss_scaling
+from L4 import config, fused, loss_scaling
 from L4 import rule as l4_rule
 
 loss_scaling.install_keras()
@@ -245,16 +245,26 @@ class L4General(keras.optimizers.Optimizer):
                 tf.convert_to_tensor(self._skipped),
             ),
         )
-        for var, update, var_moments, emas in zip(
-            trainable_variables, result.updates, moments, result.moments
-        ):
-            self.assign_sub(var, update)
-            for moment, ema in zip(var_moments, emas):
-                self.assign(moment, ema)
-        self.assign(self._step, result.state.step)
-        self.assign(self._skipped, result.state.skipped)
-        self.assign(self._min_loss, result.state.min_loss)
-        self.assign(self._effective_lr, result.effective_learning_rate)
+
+        def assign_state(state, eta):
+            self.assign(self._step, state.step)
+            self.assign(self._skipped, state.skipped)
+            self.assign(self._min_loss, state.min_loss)
+            self.assign(self._effective_lr, eta)
+
+        def take_step():
+            for var, v, var_moments, emas in zip(
+                trainable_variables, result.directions, moments, result.moments
+            ):
+                fused.apply_descent(var, result.direction_scale, v)
+                for moment, ema in zip(var_moments, emas):
+                    self.assign(moment, ema)
+            assign_state(result.state, result.effective_learning_rate)
+
+        def skip_step():
+            assign_state(result.skipped_state, result.effective_learning_rate)
+
+        tf.cond(result.ok, take_step, skip_step)
 
     def update_step(self, gradient, variable, learning_rate):
         raise NotImplementedError(
