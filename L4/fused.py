@@ -14,7 +14,10 @@ def apply_descent(var, alpha, delta, use_locking=False):
     dtype = var.dtype.base_dtype
     if dtype in (tf.float16, tf.bfloat16):
         # alpha alone may not fit a half type when alpha * delta does.
-        alpha, delta = tf.ones([], dtype), tf.cast(tf.cast(alpha, delta.dtype) * delta, dtype)
+        alpha, delta = (
+            tf.ones([], dtype),
+            tf.cast(tf.cast(alpha, delta.dtype) * delta, dtype),
+        )
     else:
         alpha, delta = tf.cast(alpha, dtype), tf.cast(delta, dtype)
     if hasattr(var, "handle"):

@@ -185,23 +185,27 @@ def update_moment(moment: Moment, ema, grad):
     return moment.decay * ema + (1.0 - moment.decay) * value
 
 
-def estimate(estimator: Estimator, emas, step):
+def estimate(estimator: Estimator, emas, corrections):
     """The bias-corrected output of ``estimator`` as ``(scale, u)``: it is ``scale * u``.
 
-    ``emas`` are the estimator's EMAs after this step's update and ``step`` is
-    t, so each correction is ``c = 1 - d^(t+1)``. Momentum: ``m / c``, that is
-    ``(1/c, m)``. Adam: ``(m / c1) / (sqrt(s / c2) + eps)``, that is
-    ``(sqrt(c2) / c1, m / (sqrt(s) + eps * sqrt(c2)))``. Keeping the
-    corrections in the scalar saves passes over the arrays.
+    ``emas`` are the estimator's EMAs after this step's update and
+    ``corrections`` come from `bias_corrections`, with ``c = 1 - d^(t+1)``
+    for each EMA. Momentum: ``m / c``, that is ``(1/c, m)``. Adam:
+    ``(m / c1) / (sqrt(s / c2) + eps)``, that is
+    ``(sqrt(c2) / c1, m / (sqrt(s) + eps * sqrt(c2)))``. The corrections stay
+    in the scalar, which saves passes over the arrays.
     """
-    scale, epsilon = _corrections(estimator, step, emas[0].dtype)
+    scale, epsilon = corrections
     if estimator.kind == "momentum":
         return scale, emas[0]
     return scale, emas[0] / (tf.sqrt(emas[1]) + epsilon)
 
 
-def _corrections(estimator, step, dtype):
-    """``estimate``'s scale (``1/c1``, or ``sqrt(c2)/c1`` for Adam) and ``eps * sqrt(c2)``."""
+def bias_corrections(estimator, step, dtype):
+    """``estimate``'s scale (``1/c1``, or ``sqrt(c2)/c1`` for Adam) and ``eps * sqrt(c2)``.
+
+    They depend on t only: one computation per step serves every variable.
+    """
     count = tf.cast(step + 1, dtype)
 
     def correction(moment):
@@ -212,6 +216,21 @@ def _corrections(estimator, step, dtype):
         return 1.0 / c1, None
     root_c2 = tf.sqrt(correction(estimator.moments[1]))
     return root_c2 / c1, estimator.epsilon * root_c2
+
+
+def direction_bound(estimator: Estimator):
+    """A bound on every element of Adam's ``u = m / (sqrt(s) + eps')``, or `None`.
+
+    By Cauchy-Schwarz over the EMAs' weights, ``|m| <= C * sqrt(s)`` with
+    ``C^2 = (1-d1)^2 / ((1-d2) (1 - d1^2/d2))`` when ``d1^2 < d2`` (true for
+    the defaults: C = 7.3). Momentum has no such bound.
+    """
+    if estimator.kind != "adam":
+        return None
+    d1, d2 = estimator.moments[0].decay, estimator.moments[1].decay
+    if d2 == 0.0 or d1 * d1 >= d2:
+        return None
+    return ((1 - d1) ** 2 / ((1 - d2) * (1 - d1 * d1 / d2))) ** 0.5
 
 
 def update_min_loss(min_loss, loss, step, init_factor):
@@ -266,19 +285,34 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     step = state.step
     same_estimate = rule.direction == rule.gradient
 
-    new_moments, directions, partial_products = [], [], []
+    corrections = {}  # per compute dtype: (direction's, gradient estimate's)
+
+    def corrections_in(cdtype):
+        if cdtype not in corrections:
+            corrections[cdtype] = (
+                bias_corrections(rule.direction, step, cdtype),
+                bias_corrections(rule.gradient, step, cdtype),
+            )
+        return corrections[cdtype]
+
+    new_moments, directions, partial_products, dots = [], [], [], []
     for grad, emas in zip(grads, moments):
         grad = tf.cast(grad, compute_dtype(grad.dtype))
+        v_corrections, g_corrections = corrections_in(grad.dtype)
         emas = [update_moment(m, ema, grad) for m, ema in zip(lay.moments, emas)]
-        v_scale, v = estimate(rule.direction, [emas[i] for i in lay.direction], step)
+        v_scale, v = estimate(
+            rule.direction, [emas[i] for i in lay.direction], v_corrections
+        )
         if same_estimate:
             g_scale, g = v_scale, v
         else:
-            g_scale, g = estimate(rule.gradient, [emas[i] for i in lay.gradient], step)
+            g_scale, g = estimate(
+                rule.gradient, [emas[i] for i in lay.gradient], g_corrections
+            )
         new_moments.append(emas)
         directions.append(v)
-        # One pass, no temporary: <u_v, u_g> as a dot product of flat views.
-        dot = tf.tensordot(tf.reshape(v, [-1]), tf.reshape(g, [-1]), 1)
+        dot = tf.reduce_sum(v * g)
+        dots.append(dot)
         partial_products.append(tf.cast(v_scale * g_scale * dot, dtype))
     # A non-finite element of any v_i or g_i makes this sum non-finite.
     inner_product = tf.add_n(partial_products)
@@ -297,16 +331,23 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     if rule.max_effective_learning_rate is not None:
         eta = tf.minimum(eta, tf.constant(rule.max_effective_learning_rate, dtype))
     # The direction's scale is the same for every variable.
-    direction_scale = eta * _corrections(rule.direction, step, dtype)[0]
+    direction_scale = eta * bias_corrections(rule.direction, step, dtype)[0]
 
     ok = tf.reduce_all(
         tf.math.is_finite(tf.stack([loss, inner_product, eta])) & (loss >= 0)
     )
-    for grad, v in zip(grads, directions):
-        # The largest update element is at most scale * ||v||: if that fits the
-        # variable's dtype, no element overflows. ||v|| is one dot product.
-        norm = tf.sqrt(tf.tensordot(tf.reshape(v, [-1]), tf.reshape(v, [-1]), 1))
-        largest = tf.cast(direction_scale, v.dtype) * norm
+    # No update element may overflow its variable's dtype: check a bound on
+    # the largest |u_v| element, times the scale.
+    u_bound = direction_bound(rule.direction)
+    for grad, v, dot in zip(grads, directions, dots):
+        if u_bound is not None:
+            largest = tf.cast(direction_scale, v.dtype) * u_bound
+        elif same_estimate:
+            largest = tf.cast(direction_scale, v.dtype) * tf.sqrt(
+                dot
+            )  # dot = ||u_v||^2
+        else:
+            largest = tf.cast(direction_scale, v.dtype) * tf.norm(v)
         ok &= tf.math.is_finite(tf.cast(largest, grad.dtype))
 
     old_min_loss = tf.cast(state.min_loss, dtype)
