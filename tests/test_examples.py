@@ -98,3 +98,32 @@ def test_slim_example_trains_and_writes_l4_summaries(tmp_path):
     accuracy = float(re.search(r"test accuracy ([0-9.]+)", out).group(1))
     assert accuracy > 0.5, out
     assert "L4Adam/effective_learning_rate" in out and "L4Adam/min_loss_estimate" in out
+
+
+def test_benchmarks_run_and_write_their_report(tmp_path):
+    script = os.path.join(os.path.dirname(EXAMPLES), "benchmarks", "run.py")
+    result = subprocess.run(
+        [
+            sys.executable,
+            script,
+            "--quick",
+            "--only",
+            "memory",
+            "--output",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = (tmp_path / "results.md").read_text()
+    state = dict(
+        re.findall(r"^\| tf\.compat\.v1 \| (\w+) \| ([0-9,]+) \|", report, flags=re.M)
+    )
+    # Equal EMAs kept once: L4Adam's state is Adam's plus four scalars, L4Mom's momentum's.
+    adam, l4adam = (int(state[k].replace(",", "")) for k in ("AdamOptimizer", "L4Adam"))
+    mom, l4mom = (
+        int(state[k].replace(",", "")) for k in ("MomentumOptimizer", "L4Mom")
+    )
+    assert 0 < l4adam - adam <= 64 and 0 < l4mom - mom <= 64, report
