@@ -342,10 +342,8 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     for grad, v, dot in zip(grads, directions, dots):
         if u_bound is not None:
             largest = tf.cast(direction_scale, v.dtype) * u_bound
-        elif same_estimate:
-            largest = tf.cast(direction_scale, v.dtype) * tf.sqrt(
-                dot
-            )  # dot = ||u_v||^2
+        elif same_estimate:  # then dot is ||u_v||^2
+            largest = tf.cast(direction_scale, v.dtype) * tf.sqrt(dot)
         else:
             largest = tf.cast(direction_scale, v.dtype) * tf.norm(v)
         ok &= tf.math.is_finite(tf.cast(largest, grad.dtype))
