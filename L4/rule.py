@@ -340,12 +340,13 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     # the largest |u_v| element, times the scale.
     u_bound = direction_bound(rule.direction)
     for grad, v, dot in zip(grads, directions, dots):
-        if u_bound is not None:
-            largest = tf.cast(direction_scale, v.dtype) * u_bound
-        elif same_estimate:  # then dot is ||u_v||^2
-            largest = tf.cast(direction_scale, v.dtype) * tf.sqrt(dot)
+        if same_estimate:  # then dot is ||u_v||^2
+            norm = tf.sqrt(dot)
+        elif u_bound is not None and grad.dtype not in (tf.float16, tf.bfloat16):
+            norm = u_bound  # no pass over v; too loose for half types' range
         else:
-            largest = tf.cast(direction_scale, v.dtype) * tf.norm(v)
+            norm = tf.norm(v)
+        largest = tf.cast(direction_scale, v.dtype) * norm
         ok &= tf.math.is_finite(tf.cast(largest, grad.dtype))
 
     old_min_loss = tf.cast(state.min_loss, dtype)

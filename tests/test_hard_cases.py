@@ -658,3 +658,18 @@ def test_one_graph_two_sessions_do_not_mix_state():
             ref.step(*problem.numpy_loss_and_grads(ref.params))
         for a, b in zip(value, ref.params):
             np.testing.assert_allclose(a, b, rtol=1e-9)
+
+
+@pytest.mark.eager
+@pytest.mark.parametrize("front", ["v1", "compat"])
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_a_flat_region_does_not_skip_half_precision_steps(front, dtype):
+    """Zero gradients make eta huge and the update zero: nothing overflows, nothing is skipped."""
+    w = tf.Variable(tf.constant([0.5, -1.0], dtype))
+    opt = _front(front, "L4Adam")()
+    for _ in range(5):
+        opt.apply_gradients([(tf.zeros([2], dtype), w)], loss=tf.constant(1.0))
+    assert int(opt.skipped_steps.numpy()) == 0 and int(opt.step_count.numpy()) == 5
+    np.testing.assert_array_equal(
+        w.numpy(), np.array([0.5, -1.0], dtype.as_numpy_dtype)
+    )
