@@ -6,7 +6,8 @@ code bases set it: ``v2`` (default; graph-mode tests use ``tf.Graph`` contexts),
 ``graph`` (``tf.compat.v1.disable_eager_execution()`` only: resource variables).
 Tests that need eager execution are deselected under ``v1`` and ``graph``;
 tests marked ``graph_process`` (code that starts its own threads, which do not
-see a ``tf.Graph`` context) run only there. tox runs all three.
+see a ``tf.Graph`` context) run only there, and tests marked ``subprocess``
+(they start processes of their own) only under ``v2``. tox runs all three.
 """
 
 import os
@@ -41,6 +42,10 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "graph_process: needs eager execution disabled process-wide (v1/graph)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "subprocess: runs in a process of its own whatever this one's behaviour; v2 only",
     )
     if os.environ.get("L4_TEST_INSTALLED"):
         # tox sets this: the tests must import the installed package, not the
