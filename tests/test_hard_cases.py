@@ -615,8 +615,7 @@ def test_two_keras_optimizers_in_one_model_train_independently(mode):
 
     def step():
         with tf.GradientTape(persistent=True) as tape:
-            out1, out2 = model(p1.x.astype(np.float32))
-            # second's inputs are p2's: feed them through the same model
+            out1, _ = model(p1.x.astype(np.float32))  # each layer has its own data
             _, out2 = model(p2.x.astype(np.float32))
             loss1 = 0.5 * tf.reduce_mean(tf.reduce_sum(tf.square(out1 - p1.y), axis=1))
             loss2 = 0.5 * tf.reduce_mean(tf.reduce_sum(tf.square(out2 - p2.y), axis=1))
