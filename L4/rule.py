@@ -295,27 +295,33 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
             )
         return corrections[cdtype]
 
-    new_moments, directions, partial_products, dots = [], [], [], []
+    new_moments, directions, dots = [], [], []
     for grad, emas in zip(grads, moments):
         grad = tf.cast(grad, compute_dtype(grad.dtype))
         v_corrections, g_corrections = corrections_in(grad.dtype)
         emas = [update_moment(m, ema, grad) for m, ema in zip(lay.moments, emas)]
-        v_scale, v = estimate(
-            rule.direction, [emas[i] for i in lay.direction], v_corrections
-        )
+        _, v = estimate(rule.direction, [emas[i] for i in lay.direction], v_corrections)
         if same_estimate:
-            g_scale, g = v_scale, v
+            g = v
         else:
-            g_scale, g = estimate(
+            _, g = estimate(
                 rule.gradient, [emas[i] for i in lay.gradient], g_corrections
             )
         new_moments.append(emas)
         directions.append(v)
-        dot = tf.reduce_sum(v * g)
-        dots.append(dot)
-        partial_products.append(tf.cast(v_scale * g_scale * dot, dtype))
-    # A non-finite element of any v_i or g_i makes this sum non-finite.
-    inner_product = tf.add_n(partial_products)
+        dots.append(tf.reduce_sum(v * g))
+    # The scalar work is done once per compute dtype, not once per variable:
+    # in a graph every op costs time, however small its input.
+    dots_by_dtype = {}
+    for v, dot in zip(directions, dots):
+        dots_by_dtype.setdefault(v.dtype, []).append(dot)
+    inner_product = tf.add_n(
+        [
+            tf.cast(_scale_product(corrections[cdtype]) * _sum(d), dtype)
+            for cdtype, d in dots_by_dtype.items()
+        ]
+    )
+    # A non-finite element of any v_i or g_i makes the sum non-finite.
 
     min_loss = update_min_loss(
         tf.cast(state.min_loss, dtype) - bound, loss, step, rule.init_factor
@@ -337,17 +343,21 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
         tf.math.is_finite(tf.stack([loss, inner_product, eta])) & (loss >= 0)
     )
     # No update element may overflow its variable's dtype: check a bound on
-    # the largest |u_v| element, times the scale.
+    # the largest |u_v| element, times the scale, once per variable dtype.
     u_bound = direction_bound(rule.direction)
+    squared_norms = {}  # per variable dtype: ||u_v||^2, or a bound on them
     for grad, v, dot in zip(grads, directions, dots):
+        squares = squared_norms.setdefault(grad.dtype, [])
         if same_estimate:  # then dot is ||u_v||^2
-            norm = tf.sqrt(dot)
+            squares.append(dot)
         elif u_bound is not None and grad.dtype not in (tf.float16, tf.bfloat16):
-            norm = u_bound  # no pass over v; too loose for half types' range
-        else:
-            norm = tf.norm(v)
-        largest = tf.cast(direction_scale, v.dtype) * norm
-        ok &= tf.math.is_finite(tf.cast(largest, grad.dtype))
+            squares[:] = [tf.constant(u_bound**2, v.dtype)]  # no pass over v
+        else:  # the bound is too loose for half types' range
+            squares.append(tf.reduce_sum(tf.square(v)))
+    for var_dtype, squares in squared_norms.items():
+        norm = tf.sqrt(_max(squares))
+        largest = tf.cast(direction_scale, norm.dtype) * norm
+        ok &= tf.math.is_finite(tf.cast(largest, var_dtype))
 
     old_min_loss = tf.cast(state.min_loss, dtype)
     return Step(
@@ -366,6 +376,20 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
         effective_learning_rate=tf.where(ok, eta, tf.zeros_like(eta)),
         min_loss=min_loss + bound,
     )
+
+
+def _scale_product(corrections):
+    """The product of the direction's and the gradient estimate's scales."""
+    (v_scale, _), (g_scale, _) = corrections
+    return v_scale * g_scale
+
+
+def _sum(scalars):
+    return scalars[0] if len(scalars) == 1 else tf.add_n(scalars)
+
+
+def _max(scalars):
+    return scalars[0] if len(scalars) == 1 else tf.reduce_max(tf.stack(scalars))
 
 
 def select_taken(step: Step, moments) -> Step:
