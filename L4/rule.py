@@ -313,17 +313,7 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
         # factor 2 is applied once per dtype below.
         dots.append(tf.nn.l2_loss(v) if same_estimate else tf.reduce_sum(v * g))
     dot_factor = 2.0 if same_estimate else 1.0
-    # The scalar work is done once per compute dtype, not once per variable:
-    # in a graph every op costs time, however small its input.
-    dots_by_dtype = {}
-    for v, dot in zip(directions, dots):
-        dots_by_dtype.setdefault(v.dtype, []).append(dot)
-    inner_product = tf.add_n(
-        [
-            tf.cast(dot_factor * _scale_product(corrections[cdtype]) * _sum(d), dtype)
-            for cdtype, d in dots_by_dtype.items()
-        ]
-    )
+    inner_product = _inner_product(dots, directions, corrections, dot_factor, dtype)
     # A non-finite element of any v_i or g_i makes the sum non-finite.
 
     min_loss = update_min_loss(
@@ -345,22 +335,8 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     ok = tf.reduce_all(
         tf.math.is_finite(tf.stack([loss, inner_product, eta])) & (loss >= 0)
     )
-    # No update element may overflow its variable's dtype: check a bound on
-    # the largest |u_v| element, times the scale, once per variable dtype.
-    u_bound = direction_bound(rule.direction)
-    squared_norms = {}  # per variable dtype: ||u_v||^2, or a bound on them
-    for grad, v, dot in zip(grads, directions, dots):
-        squares = squared_norms.setdefault(grad.dtype, [])
-        if same_estimate:  # then dot_factor * dot is ||u_v||^2
-            squares.append(dot)
-        elif u_bound is not None and grad.dtype not in (tf.float16, tf.bfloat16):
-            squares[:] = [tf.constant(u_bound**2, v.dtype)]  # no pass over v
-        else:  # the bound is too loose for half types' range
-            squares.append(tf.reduce_sum(tf.square(v)))
-    for var_dtype, squares in squared_norms.items():
-        norm = tf.sqrt(dot_factor * _max(squares))
-        largest = tf.cast(direction_scale, norm.dtype) * norm
-        ok &= tf.math.is_finite(tf.cast(largest, var_dtype))
+    # No update element may overflow its variable's dtype.
+    ok &= _update_fits(rule, grads, directions, dots, dot_factor, direction_scale)
 
     old_min_loss = tf.cast(state.min_loss, dtype)
     return Step(
@@ -379,6 +355,46 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
         effective_learning_rate=tf.where(ok, eta, tf.zeros_like(eta)),
         min_loss=min_loss + bound,
     )
+
+
+def _inner_product(dots, directions, corrections, dot_factor, dtype):
+    """``sum_i <v_i, g_i>`` from the per-variable ``dots`` of the unscaled EMA
+    transforms: the bias corrections multiply once per compute dtype, not once
+    per variable (in a graph every op costs time, however small its input)."""
+    dots_by_dtype = {}
+    for v, dot in zip(directions, dots):
+        dots_by_dtype.setdefault(v.dtype, []).append(dot)
+    return tf.add_n(
+        [
+            tf.cast(dot_factor * _scale_product(corrections[cdtype]) * _sum(d), dtype)
+            for cdtype, d in dots_by_dtype.items()
+        ]
+    )
+
+
+def _update_fits(rule, grads, directions, dots, dot_factor, direction_scale):
+    """Whether every ``direction_scale * u_i`` element fits its variable's dtype.
+
+    Checks a bound on the largest element, ``||u_i||``, or the analytic
+    `direction_bound` where there is one: once per variable dtype.
+    """
+    u_bound = direction_bound(rule.direction)
+    same_estimate = rule.direction == rule.gradient
+    squared_norms = {}  # per variable dtype: ||u_i||^2, or a bound on them
+    for grad, v, dot in zip(grads, directions, dots):
+        squares = squared_norms.setdefault(grad.dtype, [])
+        if same_estimate:  # then dot_factor * dot is ||u_i||^2
+            squares.append(dot)
+        elif u_bound is not None and grad.dtype not in (tf.float16, tf.bfloat16):
+            squares[:] = [tf.constant(u_bound**2, v.dtype)]  # no pass over v
+        else:  # the bound is too loose for half types' range
+            squares.append(tf.reduce_sum(tf.square(v)))
+    fits = []
+    for var_dtype, squares in squared_norms.items():
+        norm = tf.sqrt(dot_factor * _max(squares))
+        largest = tf.cast(direction_scale, norm.dtype) * norm
+        fits.append(tf.math.is_finite(tf.cast(largest, var_dtype)))
+    return fits[0] if len(fits) == 1 else tf.reduce_all(tf.stack(fits))
 
 
 def _scale_product(corrections):

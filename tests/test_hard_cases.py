@@ -672,3 +672,64 @@ def test_a_flat_region_does_not_skip_half_precision_steps(front, dtype):
     np.testing.assert_array_equal(
         w.numpy(), np.array([0.5, -1.0], dtype.as_numpy_dtype)
     )
+
+
+# -- Updates that would overflow the variable's dtype -------------------------
+
+# (optimizer, variable dtype, loss dtype, loss): one step moves the variable by
+# about alpha * (1 - gamma * gamma0) * L / |grad| = 0.04875 * L / 0.01, beyond
+# float16's 65504 for L = 6e4 and beyond float32's 3.4e38 for L = 1e40, while
+# eta itself stays finite in the (wider) scalar dtype.
+OVERFLOWS = [
+    ("L4Mom", tf.float16, tf.float32, 6e4),  # ||v|| from <v, v>
+    ("L4Adam", tf.float16, tf.float32, 6e4),  # ||v|| computed
+    ("L4Adam", tf.float32, tf.float64, 1e40),  # Adam's analytic bound
+]
+
+
+def _one_step(front, graph, name, dtype, loss_dtype, loss):
+    """(w after one step from 1.0 with gradient 0.01, skipped steps, L4's t)."""
+
+    def step(w, opt):
+        grad = tf.constant([0.01], dtype)
+        return opt.apply_gradients([(grad, w)], loss=tf.constant(loss, loss_dtype))
+
+    if not graph:
+        w = tf.Variable(tf.constant([1.0], dtype))
+        opt = _front(front, name)()
+        step(w, opt)
+        return w.numpy(), int(opt.skipped_steps.numpy()), int(opt.step_count.numpy())
+    with tf.Graph().as_default():
+        w = tf.compat.v1.Variable(tf.constant([1.0], dtype))
+        opt = _front(front, name)()
+        train_op = step(w, opt)
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            sess.run(train_op)
+            return tuple(sess.run([w, opt.skipped_steps, opt.step_count]))
+
+
+def _overflow_runs():
+    fronts = [("v1", True), ("v1", False), ("compat", False)]
+    for front, graph in fronts:
+        for case in OVERFLOWS:
+            if front == "compat" and case[2] == tf.float64:
+                continue  # Keras keeps L_min in float32 for float32 variables
+            marks = () if graph else pytest.mark.eager
+            ids = f"{front}-{'graph' if graph else 'eager'}-{case[0]}-{case[1].name}"
+            yield pytest.param(front, graph, *case, marks=marks, id=ids)
+
+
+@pytest.mark.parametrize(
+    "front, graph, name, dtype, loss_dtype, loss", list(_overflow_runs())
+)
+def test_an_update_that_would_overflow_the_variable_is_skipped(
+    front, graph, name, dtype, loss_dtype, loss
+):
+    w, skipped, t = _one_step(front, graph, name, dtype, loss_dtype, loss)
+    assert (skipped, t) == (1, 0)
+    np.testing.assert_array_equal(w, np.array([1.0], dtype.as_numpy_dtype))
+    # A thousand times smaller loss fits: the same step is taken.
+    w, skipped, t = _one_step(front, graph, name, dtype, loss_dtype, loss / 1e3)
+    assert (skipped, t) == (0, 1)
+    assert np.isfinite(w).all() and w[0] < 1.0
