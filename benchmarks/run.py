@@ -1,6 +1,6 @@
 """Benchmarks of L4 against TensorFlow's own optimizers, measured side by side.
 
-    python benchmarks/run.py --quick              # about 5 minutes on 2 CPU cores
+    python benchmarks/run.py --quick              # about 8 minutes on 2 CPU cores
     python benchmarks/run.py                      # the full run
     python benchmarks/run.py --only speed,memory  # some parts
 
@@ -8,7 +8,8 @@ Parts (written to --output as Markdown tables, PNG plots and results.json):
 - speed:   cost per step as ratios L4Adam / Adam and L4Mom / momentum SGD, in a
            Session, in tf.function and with jit_compile=True, on the MLP
            784-300-100-10 (batch 64) and on 100 dense layers (200 tensors).
-           Each ratio is the median over repetitions that alternate the two.
+           Each ratio is the median (and quartiles) over repetitions that
+           alternate the two.
 - memory:  optimizer state in bytes, and graph build time.
 - scaling: the Session ratios for one dense layer of 1e4 to 1e7 parameters.
 - quality: final training loss (median of 3 seeds) on a badly conditioned
@@ -59,7 +60,11 @@ PAIRS = {  # name: (baseline, L4) factories for (tf.compat.v1, Keras)
 
 
 def median_ratio(run_baseline, run_l4, steps, reps):
-    """Median over ``reps`` of time(L4) / time(baseline), ``steps`` steps each, alternating."""
+    """time(L4) / time(baseline) over ``reps`` alternating repetitions of ``steps`` steps.
+
+    Returns a dict: the median ratio, its quartiles (how much the machine's
+    noise moves it) and the baseline's median seconds per step.
+    """
     for run in (run_baseline, run_l4):
         run(max(3, steps // 5))  # warm up, trace, compile
     ratios, seconds = [], []
@@ -71,7 +76,13 @@ def median_ratio(run_baseline, run_l4, steps, reps):
             times.append(time.perf_counter() - start)
         ratios.append(times[1] / times[0])
         seconds.append(times[0] / steps)
-    return float(np.median(ratios)), float(np.median(seconds))
+    low, ratio, high = np.percentile(ratios, [25, 50, 75])
+    return {
+        "ratio": float(ratio),
+        "ratio_q1": float(low),
+        "ratio_q3": float(high),
+        "baseline_ms": 1e3 * float(np.median(seconds)),
+    }
 
 
 def model_problem(kind, inputs_seed=0):
@@ -146,17 +157,12 @@ def speed(quick):
                         function_runner(kind, make, mode != "tf.function")
                         for make in keras_pair
                     ]
-                ratio, base = median_ratio(*runs, steps, reps)
-                rows.append(
-                    {
-                        "model": label,
-                        "mode": mode,
-                        "pair": pair,
-                        "ratio": ratio,
-                        "baseline_ms": 1e3 * base,
-                    }
+                row = {"model": label, "mode": mode, "pair": pair}
+                row.update(median_ratio(*runs, steps, reps))
+                rows.append(row)
+                print(
+                    f"  {label:<26}{mode:<18}{pair:<22}{row['ratio']:6.2f}", flush=True
                 )
-                print(f"  {label:<26}{mode:<18}{pair:<22}{ratio:6.2f}", flush=True)
     return rows
 
 
@@ -167,16 +173,10 @@ def scaling(quick):
         reps = 5 if quick else 9
         for pair, (v1, _) in PAIRS.items():
             runs = [session_runner(str(parameters), make) for make in v1]
-            ratio, base = median_ratio(*runs, steps, reps)
-            rows.append(
-                {
-                    "parameters": parameters,
-                    "pair": pair,
-                    "ratio": ratio,
-                    "baseline_ms": 1e3 * base,
-                }
-            )
-            print(f"  {parameters:>10,} {pair:<22}{ratio:6.2f}", flush=True)
+            row = {"parameters": parameters, "pair": pair}
+            row.update(median_ratio(*runs, steps, reps))
+            rows.append(row)
+            print(f"  {parameters:>10,} {pair:<22}{row['ratio']:6.2f}", flush=True)
     return rows
 
 
@@ -347,19 +347,23 @@ def best_of(results, prefix):
     return name, rows[name]
 
 
+def _quartiles(row):
+    return f"{row['ratio_q1']:.2f}-{row['ratio_q3']:.2f}"
+
+
 def write_reports(out, output):
     os.makedirs(output, exist_ok=True)
     lines = [f"Measured on {out['machine']}.", ""]
     if "speed" in out:
         lines += [
-            "### Cost per step (ratio to TensorFlow's optimizer, median)",
+            "### Cost per step (ratio to TensorFlow's optimizer, median and quartiles)",
             "",
-            "| model | mode | pair | ratio | baseline ms/step |",
-            "| --- | --- | --- | ---: | ---: |",
+            "| model | mode | pair | ratio | quartiles | baseline ms/step |",
+            "| --- | --- | --- | ---: | ---: | ---: |",
         ]
         lines += [
             f"| {r['model']} | {r['mode']} | {r['pair']} | {r['ratio']:.2f} | "
-            f"{r['baseline_ms']:.2f} |"
+            f"{_quartiles(r)} | {r['baseline_ms']:.2f} |"
             for r in out["speed"]
         ]
         lines.append("")
@@ -367,12 +371,12 @@ def write_reports(out, output):
         lines += [
             "### Cost per step as the model grows (Session)",
             "",
-            "| parameters | pair | ratio | baseline ms/step |",
-            "| ---: | --- | ---: | ---: |",
+            "| parameters | pair | ratio | quartiles | baseline ms/step |",
+            "| ---: | --- | ---: | ---: | ---: |",
         ]
         lines += [
             f"| {r['parameters']:,} | {r['pair']} | {r['ratio']:.2f} | "
-            f"{r['baseline_ms']:.2f} |"
+            f"{_quartiles(r)} | {r['baseline_ms']:.2f} |"
             for r in out["scaling"]
         ]
         lines.append("")

@@ -713,8 +713,6 @@ def _overflow_runs():
     fronts = [("v1", True), ("v1", False), ("compat", False)]
     for front, graph in fronts:
         for case in OVERFLOWS:
-            if front == "compat" and case[2] == tf.float64:
-                continue  # Keras keeps L_min in float32 for float32 variables
             marks = () if graph else pytest.mark.eager
             ids = f"{front}-{'graph' if graph else 'eager'}-{case[0]}-{case[1].name}"
             yield pytest.param(front, graph, *case, marks=marks, id=ids)
