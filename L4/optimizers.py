@@ -329,12 +329,13 @@ class L4General(tf.compat.v1.train.Optimizer):
         # The branch runs after `ok`, which depends on every read of the state,
         # so reads and writes stay apart also in graphs without automatic
         # control dependencies (ref variables, v1 graphs).
-        if (
+        # Control flow v2 cannot assign ref variables in a branch.
+        cannot_branch = (
             graph_mode
             and _has_ref_variables(pairs)
             and tf.compat.v1.control_flow_v2_enabled()
-        ):
-            # Control flow v2 cannot assign ref variables in a branch.
+        )
+        if cannot_branch or l4_rule.selection_is_cheaper():
             result = l4_rule.select_taken(result, moments)
             done = take_step()
         else:

@@ -228,6 +228,9 @@ class L4General(keras.optimizers.Optimizer):
         moments = [
             self._moments[self._get_variable_index(v)] for v in trainable_variables
         ]
+        values = [
+            [tf.convert_to_tensor(m) for m in var_moments] for var_moments in moments
+        ]
         result = l4_rule.l4_step(
             self._rule,
             learning_rate,
@@ -235,10 +238,7 @@ class L4General(keras.optimizers.Optimizer):
             grads=[
                 l4_rule.dense_gradient(g, v) for g, v in zip(grads, trainable_variables)
             ],
-            moments=[
-                [tf.convert_to_tensor(m) for m in var_moments]
-                for var_moments in moments
-            ],
+            moments=values,
             state=l4_rule.State(
                 tf.convert_to_tensor(self._step),
                 tf.convert_to_tensor(self._min_loss),
@@ -264,7 +264,11 @@ class L4General(keras.optimizers.Optimizer):
         def skip_step():
             assign_state(result.skipped_state, result.effective_learning_rate)
 
-        tf.cond(result.ok, take_step, skip_step)
+        if l4_rule.selection_is_cheaper():
+            result = l4_rule.select_taken(result, values)
+            take_step()
+        else:
+            tf.cond(result.ok, take_step, skip_step)
 
     def update_step(self, gradient, variable, learning_rate):
         raise NotImplementedError(

@@ -19,6 +19,7 @@ RUNS = [
     ("v1", "graph_resource"),
     ("v1", "eager"),
     ("v1", "function"),
+    ("v1", "xla"),
     ("compat", "eager"),
     ("compat", "function"),
     ("compat", "xla"),
