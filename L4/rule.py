@@ -186,19 +186,20 @@ def update_moment(moment: Moment, ema, grad):
 
 
 def estimate(estimator: Estimator, emas, corrections):
-    """The bias-corrected output of ``estimator`` as ``(scale, u)``: it is ``scale * u``.
+    """``u``, the output of ``estimator`` before its scalar bias correction.
 
     ``emas`` are the estimator's EMAs after this step's update and
     ``corrections`` come from `bias_corrections`, with ``c = 1 - d^(t+1)``
-    for each EMA. Momentum: ``m / c``, that is ``(1/c, m)``. Adam:
+    for each EMA; the bias-corrected output is ``corrections[0] * u``.
+    Momentum: ``m / c``, that is ``(1/c) * m``. Adam:
     ``(m / c1) / (sqrt(s / c2) + eps)``, that is
-    ``(sqrt(c2) / c1, m / (sqrt(s) + eps * sqrt(c2)))``. The corrections stay
+    ``(sqrt(c2) / c1) * m / (sqrt(s) + eps * sqrt(c2))``. The corrections stay
     in the scalar, which saves passes over the arrays.
     """
-    scale, epsilon = corrections
+    _, epsilon = corrections
     if estimator.kind == "momentum":
-        return scale, emas[0]
-    return scale, emas[0] / (tf.sqrt(emas[1]) + epsilon)
+        return emas[0]
+    return emas[0] / (tf.sqrt(emas[1]) + epsilon)
 
 
 def bias_corrections(estimator, step, dtype):
@@ -300,13 +301,11 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
         grad = tf.cast(grad, compute_dtype(grad.dtype))
         v_corrections, g_corrections = corrections_in(grad.dtype)
         emas = [update_moment(m, ema, grad) for m, ema in zip(lay.moments, emas)]
-        _, v = estimate(rule.direction, [emas[i] for i in lay.direction], v_corrections)
+        v = estimate(rule.direction, [emas[i] for i in lay.direction], v_corrections)
         if same_estimate:
             g = v
         else:
-            _, g = estimate(
-                rule.gradient, [emas[i] for i in lay.gradient], g_corrections
-            )
+            g = estimate(rule.gradient, [emas[i] for i in lay.gradient], g_corrections)
         new_moments.append(emas)
         directions.append(v)
         # With v = g, <v, g> = 2 * l2_loss(v): one kernel, no temporary. The
