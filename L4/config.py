@@ -20,6 +20,21 @@ MINLOSS_FORGET_TIME = 1000.0
 EPSILON = 1e-12
 
 
+# The range of each stepsize hyperparameter: (low, high, low_open).
+RANGES = {
+    "fraction": (0.0, None, True),
+    "minloss_factor": (0.0, 1.0, False),
+    "init_factor": (0.0, 1.0, False),
+    "minloss_forget_time": (0.0, None, True),
+    "epsilon": (0.0, None, False),
+}
+
+
+def _range_text(low, high, low_open):
+    left = "(" if low_open else "["
+    return f"{left}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+
+
 def check_number(name, value, low=None, high=None, low_open=False):
     """Returns ``value`` as a float if it is a finite real number in range.
 
@@ -37,13 +52,56 @@ def check_number(name, value, low=None, high=None, low_open=False):
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and value > high
     if too_low or too_high:
-        left = "(" if low_open else "["
-        bounds = f"{left}{low if low is not None else '-inf'}, "
-        bounds += f"{high if high is not None else 'inf'}]"
         raise ValueError(
-            f"`{name}` must be in the range {bounds}. Received: {name}={value!r}"
+            f"`{name}` must be in the range {_range_text(low, high, low_open)}. "
+            f"Received: {name}={value!r}"
         )
     return value
+
+
+def is_dynamic(value):
+    """Whether ``value`` is a tensor, a variable or a callable (read at each step)."""
+    return callable(value) or tf.is_tensor(value) or isinstance(value, tf.Variable)
+
+
+def check_hyperparameter(name, value, dynamic=False):
+    """A number in ``RANGES[name]`` as a float; with ``dynamic``, a tensor,
+    variable or callable is returned as it is (see `read_hyperparameter`)."""
+    if dynamic and is_dynamic(value):
+        return value
+    return check_number(name, value, *RANGES[name])
+
+
+def read_hyperparameter(name, value):
+    """This step's value of a hyperparameter: a float, or a scalar tensor that
+    asserts ``RANGES[name]`` when it runs (as TensorFlow's v1 optimizers, a
+    callable is called at each step)."""
+    if not is_dynamic(value):
+        return value
+    if callable(value):
+        value = value()
+    value = tf.convert_to_tensor(value, name=name)
+    if not (value.dtype.is_floating or value.dtype.is_integer):
+        raise TypeError(
+            f"`{name}` must be a real number or a real scalar tensor. "
+            f"Received: {name}={value!r}"
+        )
+    if value.shape.num_elements() not in (1, None):
+        raise ValueError(f"`{name}` must be a scalar. Received: {name}={value!r}")
+    value = tf.reshape(value, [])
+    low, high, low_open = RANGES[name]
+    x = tf.cast(value, tf.float64)
+    valid = tf.math.is_finite(x)
+    if low is not None:
+        valid &= x > low if low_open else x >= low
+    if high is not None:
+        valid &= x <= high
+    message = (
+        f"`{name}` must be in the range {_range_text(low, high, low_open)}. "
+        f"Received: {name}="
+    )
+    with tf.control_dependencies([tf.debugging.Assert(valid, [message, value])]):
+        return tf.identity(value)
 
 
 def make_estimator(arg_name, kind, params, params_name):
@@ -83,8 +141,13 @@ def make_rule(
     direction_params,
     loss_lower_bound=0.0,
     max_effective_learning_rate=None,
+    dynamic=False,
 ):
-    """Checks the arguments of ``L4General`` (all but ``fraction``)."""
+    """Checks the arguments of ``L4General`` (all but ``fraction``).
+
+    With ``dynamic``, the stepsize hyperparameters (gamma, gamma0, tau, eps) may
+    be tensors, variables or callables, read at each step by `read_hyperparameter`.
+    """
     if max_effective_learning_rate is not None:
         max_effective_learning_rate = check_number(
             "max_effective_learning_rate",
@@ -93,12 +156,12 @@ def make_rule(
             low_open=True,
         )
     return l4_rule.Rule(
-        minloss_factor=check_number("minloss_factor", minloss_factor, 0.0, 1.0),
-        init_factor=check_number("init_factor", init_factor, 0.0, 1.0),
-        minloss_forget_time=check_number(
-            "minloss_forget_time", minloss_forget_time, low=0.0, low_open=True
+        minloss_factor=check_hyperparameter("minloss_factor", minloss_factor, dynamic),
+        init_factor=check_hyperparameter("init_factor", init_factor, dynamic),
+        minloss_forget_time=check_hyperparameter(
+            "minloss_forget_time", minloss_forget_time, dynamic
         ),
-        epsilon=check_number("epsilon", epsilon, low=0.0),
+        epsilon=check_hyperparameter("epsilon", epsilon, dynamic),
         direction=make_estimator(
             "direction_estimator",
             direction_estimator,
@@ -113,9 +176,18 @@ def make_rule(
     )
 
 
-def check_fraction(fraction):
-    """alpha must be a positive, finite number."""
-    return check_number("fraction", fraction, low=0.0, low_open=True)
+def check_fraction(fraction, dynamic=False):
+    """alpha must be a positive, finite number (or, with ``dynamic``, a tensor,
+    variable or callable)."""
+    return check_hyperparameter("fraction", fraction, dynamic)
+
+
+def read_rule(rule):
+    """``rule`` with this step's values of its dynamic hyperparameters."""
+    names = ("minloss_factor", "init_factor", "minloss_forget_time", "epsilon")
+    return rule._replace(
+        **{name: read_hyperparameter(name, getattr(rule, name)) for name in names}
+    )
 
 
 def check_loss(loss, how_to_pass, lower_bound=0.0):

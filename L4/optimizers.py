@@ -45,9 +45,18 @@ class L4General(tf.compat.v1.train.Optimizer):
     `skipped_steps` counts it.
 
     In graph mode, when no ``global_step`` is passed, the graph's global step
-    is created if needed and incremented, as the original release did. L4's
-    own step count ``t`` (bias correction, the first L_min) is a separate
-    variable, so a restored or shared global step does not disturb it.
+    is created if needed and incremented, as the original release did (where
+    the graph holds something under that name that is not an integer
+    variable, it is left alone). L4's own step count ``t`` (bias correction,
+    the first L_min) is a separate variable, so a restored or shared global
+    step does not disturb it. A variable's ``constraint`` is applied after
+    its update.
+
+    ``fraction``, ``minloss_factor``, ``init_factor``, ``minloss_forget_time``
+    and ``epsilon`` may be Python numbers (checked here), scalar tensors or
+    variables (a placeholder, a decay op; checked when the step runs), or
+    callables returning one (called at each step), as the learning rate of
+    TensorFlow's optimizers.
 
     Args:
         fraction: alpha in the paper, the fraction of the "optimal" stepsize
@@ -111,7 +120,7 @@ class L4General(tf.compat.v1.train.Optimizer):
         name=None,
     ):
         super().__init__(use_locking, name or type(self).__name__)
-        self._fraction = config.check_fraction(fraction)
+        self._fraction = config.check_fraction(fraction, dynamic=True)
         self._rule = config.make_rule(
             minloss_factor,
             init_factor,
@@ -123,6 +132,7 @@ class L4General(tf.compat.v1.train.Optimizer):
             direction_params,
             loss_lower_bound,
             max_effective_learning_rate,
+            dynamic=True,
         )
         self._layout = self._rule.layout
         self._remembered_loss = None
@@ -265,7 +275,7 @@ class L4General(tf.compat.v1.train.Optimizer):
             self._create_state(var_list, dtype)
         graph_mode = not tf.compat.v1.executing_eagerly_outside_functions()
         if global_step is None and graph_mode:
-            global_step = tf.compat.v1.train.get_or_create_global_step()
+            global_step = _graph_global_step()
 
         with tf.compat.v1.name_scope(name, self._name) as scope:
             train_op = self._apply_step(loss, pairs, graph_mode)
@@ -288,8 +298,8 @@ class L4General(tf.compat.v1.train.Optimizer):
         slots = [[self.get_slot(v, n) for n in self._layout.names] for _, v in pairs]
         moments = [[tf.convert_to_tensor(s) for s in var_slots] for var_slots in slots]
         result = l4_rule.l4_step(
-            self._rule,
-            self._fraction,
+            config.read_rule(self._rule),
+            config.read_hyperparameter("fraction", self._fraction),
             loss,
             grads=[g for g, _ in pairs],
             moments=moments,
@@ -314,7 +324,14 @@ class L4General(tf.compat.v1.train.Optimizer):
             for (_, var), v, var_slots, emas in zip(
                 pairs, result.directions, slots, result.moments
             ):
-                ops.append(fused.apply_descent(var, result.direction_scale, v, lock))
+                update = fused.apply_descent(var, result.direction_scale, v, lock)
+                if var.constraint is not None:
+                    # Projected after the update, as TensorFlow's optimizers do.
+                    with tf.control_dependencies([update]):
+                        update = var.assign(
+                            var.constraint(var), use_locking=lock, read_value=False
+                        )
+                ops.append(update)
                 ops += [
                     slot.assign(ema, use_locking=lock, read_value=False)
                     for slot, ema in zip(var_slots, emas)
@@ -438,6 +455,44 @@ class L4Mom(L4General):
         )
 
 
+def _graph_global_step():
+    """The default graph's global step, created if it has none, as the original did.
+
+    `None` where the graph holds something else under that name (a float or
+    non-scalar variable, a tensor): TensorFlow's optimizers leave the global
+    step alone unless given one, so L4 must not fail there either. An integer
+    resource variable named ``global_step`` is used, although
+    ``tf.compat.v1.train.get_global_step`` rejects it.
+    """
+    graph = tf.compat.v1.get_default_graph()
+    found = graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_STEP) or [
+        v
+        for v in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)
+        if v.op.name == "global_step"
+    ]
+    if not found:
+        try:
+            graph.as_graph_element("global_step:0")
+        except (KeyError, ValueError):
+            return tf.compat.v1.train.create_global_step(graph)
+        found = [None]  # a tensor or an op, not a variable
+    step = found[0]
+    usable = (
+        len(found) == 1
+        and isinstance(step, tf.Variable)
+        and step.dtype.base_dtype.is_integer
+        and step.shape.num_elements() == 1
+    )
+    if usable:
+        return step
+    tf.get_logger().warning(
+        "L4: the graph's `global_step` is not one integer variable (%r); it is "
+        "not incremented. Pass `global_step=` to increment one.",
+        step,
+    )
+    return None
+
+
 def _has_ref_variables(pairs):
     return any(not hasattr(var, "handle") for _, var in pairs)
 
@@ -507,6 +562,10 @@ def _dense_gradients(grads_and_vars):
     grads_and_vars = tuple(grads_and_vars)
     if not grads_and_vars:
         raise ValueError("No variables provided.")
+    for _, var in grads_and_vars:
+        if isinstance(var, tf.Tensor):
+            # TensorFlow's optimizers raise this too.
+            raise NotImplementedError("Trying to update a Tensor ", var)
     pairs = [
         (l4_rule.dense_gradient(g, v), v) for g, v in grads_and_vars if g is not None
     ]

@@ -105,7 +105,8 @@ class Rule(NamedTuple):
     """The hyperparameters of L4 other than alpha (which may change per step).
 
     minloss_factor: gamma; init_factor: gamma0; minloss_forget_time: tau;
-    epsilon: eps in the stepsize's denominator. Beyond the paper:
+    epsilon: eps in the stepsize's denominator (these four may also be scalar
+    tensors, as TF1 code feeds hyperparameters). Beyond the paper:
     ``loss_lower_bound`` is the value the loss cannot go below (L4 works on
     ``L - loss_lower_bound``; the paper's 0 by default), and
     ``max_effective_learning_rate`` caps eta (`None`: no cap, as the paper).
@@ -167,16 +168,20 @@ def scalar_dtype(loss_dtype: tf.DType, var_dtypes: Sequence[tf.DType]) -> tf.DTy
 
 
 def dense_gradient(grad, var):
-    """``grad`` as a dense tensor shaped like ``var``.
+    """``grad`` as a dense tensor shaped like ``var``, in ``var``'s dtype.
 
     A sparse gradient (``tf.IndexedSlices``, from ``tf.gather`` or embeddings)
     becomes the sum of its slices: the EMAs decay everywhere anyway, and
-    repeated indices add up as they do in the dense gradient.
+    repeated indices add up as they do in the dense gradient. A gradient of
+    another dtype is cast, as Keras' optimizers do.
     """
+    dtype = tf.as_dtype(var.dtype).base_dtype
     if isinstance(grad, tf.IndexedSlices):
-        rows = tf.shape(var, out_type=grad.indices.dtype)[0]
-        return tf.math.unsorted_segment_sum(grad.values, grad.indices, rows)
-    return tf.convert_to_tensor(grad)
+        indices = tf.convert_to_tensor(grad.indices)  # may be a Python list
+        rows = tf.shape(var, out_type=indices.dtype)[0]
+        values = tf.cast(grad.values, dtype)
+        return tf.math.unsorted_segment_sum(values, indices, rows)
+    return tf.cast(grad, dtype)
 
 
 def update_moment(moment: Moment, ema, grad):
@@ -267,7 +272,7 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
 
     Args:
         rule: the hyperparameters, see `Rule`.
-        fraction: alpha, a scalar.
+        fraction: alpha, a number or a scalar tensor.
         loss: L, the current loss, a scalar.
         grads: dense gradients, one per variable, in the variables' dtypes.
         moments: for each variable, the values of its EMAs in ``rule.layout`` order
@@ -316,15 +321,18 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     # A non-finite element of any v_i or g_i makes the sum non-finite.
 
     min_loss = update_min_loss(
-        tf.cast(state.min_loss, dtype) - bound, loss, step, rule.init_factor
+        tf.cast(state.min_loss, dtype) - bound,
+        loss,
+        step,
+        _as_scalar(rule.init_factor, dtype),
     )
     eta = stepsize(
         _as_scalar(fraction, dtype),
         loss,
         min_loss,
         inner_product,
-        rule.minloss_factor,
-        rule.epsilon,
+        _as_scalar(rule.minloss_factor, dtype),
+        _as_scalar(rule.epsilon, dtype),
     )
     if rule.max_effective_learning_rate is not None:
         eta = tf.minimum(eta, tf.constant(rule.max_effective_learning_rate, dtype))
@@ -345,7 +353,10 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
         moments=new_moments,
         state=State(
             step=step + 1,
-            min_loss=forget_min_loss(min_loss, rule.minloss_forget_time) + bound,
+            min_loss=forget_min_loss(
+                min_loss, _as_scalar(rule.minloss_forget_time, dtype)
+            )
+            + bound,
             skipped=state.skipped,
         ),
         skipped_state=State(

@@ -69,10 +69,15 @@ class L4General(keras.optimizers.Optimizer):
             step is skipped). Defaults to `0.0`.
         max_effective_learning_rate: a cap on eta, for runs that diverge.
             Defaults to `None` (no cap, as in the paper).
-        name: the optimizer's name. Defaults to the class name.
+        name: the optimizer's name. Defaults to `None`: Keras names it as its
+            own optimizers, from the class (``l4_adam``, ``l4_adam_1``, ...).
         **kwargs: Keras' common optimizer arguments (``clipnorm``,
-            ``clipvalue``, ``global_clipnorm``, ``use_ema``, ...).
-            ``weight_decay`` is not supported: Keras would scale it by alpha.
+            ``clipvalue``, ``global_clipnorm``, ``use_ema``,
+            ``gradient_accumulation_steps``, ...). With
+            ``gradient_accumulation_steps=k``, the step taken every k batches
+            uses the mean loss of the k batches, as it uses their mean
+            gradient. ``weight_decay`` is not supported: Keras would scale it
+            by alpha.
 
     References:
         M. Rolínek, G. Martius. "L4: Practical loss-based stepsize adaptation
@@ -123,9 +128,8 @@ class L4General(keras.optimizers.Optimizer):
             loss_lower_bound,
             max_effective_learning_rate,
         )
-        super().__init__(
-            learning_rate=fraction, name=name or type(self).__name__, **kwargs
-        )
+        # name=None: Keras names it as its own optimizers (l4_adam, l4_adam_1, ...).
+        super().__init__(learning_rate=fraction, name=name, **kwargs)
         self._rule = rule
         self._layout = rule.layout
         self._estimator_config = dict(
@@ -135,7 +139,9 @@ class L4General(keras.optimizers.Optimizer):
             direction_params=direction_params,
         )
         self._remembered_loss = None
+        self._step_loss = None
         self._step = self._min_loss = self._effective_lr = self._skipped = None
+        self._accumulated_loss = None
 
     # -- The loss ----------------------------------------------------------
 
@@ -177,6 +183,11 @@ class L4General(keras.optimizers.Optimizer):
         self._effective_lr = self.add_variable(
             (), dtype=dtype, name="effective_learning_rate"
         )
+        if self.gradient_accumulation_steps:
+            # The sum of the losses of the batches accumulated so far.
+            self._accumulated_loss = self.add_variable(
+                (), dtype=dtype, name="accumulated_loss"
+            )
         self._moments = [
             [self._add_moment(var, slot) for slot in self._layout.names]
             for var in var_list
@@ -217,14 +228,33 @@ class L4General(keras.optimizers.Optimizer):
 
     # -- The step ------------------------------------------------------------
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        # L4's stepsize needs every gradient at once, so the whole step is
-        # computed here instead of variable by variable in `update_step`.
+    def _backend_apply_gradients(self, grads, trainable_variables):
         if tf.distribute.has_strategy():
             raise NotImplementedError(
                 "L4.compat optimizers do not support tf.distribute strategies yet."
             )
-        loss = self._take_loss()
+        # Taken on every batch: with gradient accumulation, the loss is
+        # accumulated as the gradients are.
+        self._step_loss = self._take_loss()
+        super()._backend_apply_gradients(grads, trainable_variables)
+
+    def _backend_increment_gradient_accumulators(self, grads, acc_grads):
+        super()._backend_increment_gradient_accumulators(grads, acc_grads)
+        acc = self._accumulated_loss
+        self.assign(acc, acc + tf.cast(self._step_loss, acc.dtype))
+
+    def _backend_reset_gradient_accumulators(self):
+        super()._backend_reset_gradient_accumulators()
+        self.assign(self._accumulated_loss, tf.zeros([], self._accumulated_loss.dtype))
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # L4's stepsize needs every gradient at once, so the whole step is
+        # computed here instead of variable by variable in `update_step`.
+        loss = self._step_loss
+        if self.gradient_accumulation_steps:
+            # The mean gradient of k batches belongs to their mean loss.
+            acc = self._accumulated_loss
+            loss = (acc + tf.cast(loss, acc.dtype)) / self.gradient_accumulation_steps
         moments = [
             self._moments[self._get_variable_index(v)] for v in trainable_variables
         ]
