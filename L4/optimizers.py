@@ -297,17 +297,28 @@ class L4General(tf.compat.v1.train.Optimizer):
         skipped_var = self._state_variable(_SKIPPED)
         slots = [[self.get_slot(v, n) for n in self._layout.names] for _, v in pairs]
         moments = [[tf.convert_to_tensor(s) for s in var_slots] for var_slots in slots]
+        # Control flow v2 cannot assign ref variables in a branch; under XLA a
+        # selection is cheaper than a branch. Both take every write, so the
+        # step is computed without fused kernels there (`select_taken`).
+        cannot_branch = (
+            graph_mode
+            and _has_ref_variables(pairs)
+            and tf.compat.v1.control_flow_v2_enabled()
+        )
+        select = cannot_branch or l4_rule.selection_is_cheaper()
+        grads = [g for g, _ in pairs]
         result = l4_rule.l4_step(
             config.read_rule(self._rule),
             config.read_hyperparameter("fraction", self._fraction),
             loss,
-            grads=[g for g, _ in pairs],
+            grads=grads,
             moments=moments,
             state=l4_rule.State(
                 tf.convert_to_tensor(step_var),
                 tf.convert_to_tensor(min_loss_var),
                 tf.convert_to_tensor(skipped_var),
             ),
+            fuse=not select,
         )
         lock = self._use_locking
 
@@ -319,23 +330,25 @@ class L4General(tf.compat.v1.train.Optimizer):
                 eta_var.assign(eta, read_value=False),
             ]
 
+        def assign_slot(slot, value):
+            return slot.assign(value, use_locking=lock, read_value=False)
+
         def take_step():
             ops = assign_state(result.state, result.effective_learning_rate)
-            for (_, var), v, var_slots, emas in zip(
-                pairs, result.directions, slots, result.moments
-            ):
-                update = fused.apply_descent(var, result.direction_scale, v, lock)
+            for i, ((grad, var), var_slots) in enumerate(zip(pairs, slots)):
+                update = fused.apply_update(
+                    result, i, var, var_slots, grad, assign_slot, lock
+                )
+                update = [op for op in update if op is not None]
                 if var.constraint is not None:
                     # Projected after the update, as TensorFlow's optimizers do.
-                    with tf.control_dependencies([update]):
-                        update = var.assign(
-                            var.constraint(var), use_locking=lock, read_value=False
-                        )
-                ops.append(update)
-                ops += [
-                    slot.assign(ema, use_locking=lock, read_value=False)
-                    for slot, ema in zip(var_slots, emas)
-                ]
+                    with tf.control_dependencies(update):
+                        update = [
+                            var.assign(
+                                var.constraint(var), use_locking=lock, read_value=False
+                            )
+                        ]
+                ops += update
             return _done_after(ops)
 
         def skip_step():
@@ -346,13 +359,7 @@ class L4General(tf.compat.v1.train.Optimizer):
         # The branch runs after `ok`, which depends on every read of the state,
         # so reads and writes stay apart also in graphs without automatic
         # control dependencies (ref variables, v1 graphs).
-        # Control flow v2 cannot assign ref variables in a branch.
-        cannot_branch = (
-            graph_mode
-            and _has_ref_variables(pairs)
-            and tf.compat.v1.control_flow_v2_enabled()
-        )
-        if cannot_branch or l4_rule.selection_is_cheaper():
+        if select:
             result = l4_rule.select_taken(result, moments)
             done = take_step()
         else:

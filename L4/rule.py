@@ -135,21 +135,46 @@ class State(NamedTuple):
     skipped: tf.Tensor
 
 
+# How a variable's update is applied (`update_kind`).
+GENERAL = "general"  # descent along the computed direction; the EMAs assigned
+ADAM = "adam"  # TensorFlow's fused Adam kernel recomputes the EMAs and updates
+
+
+class AdamKernel(NamedTuple):
+    """The scalars of TensorFlow's ``ApplyAdam`` kernel that make its update
+    L4Adam's: ``lr = eta``, ``beta_power = d^(t+1)``, ``epsilon = eps_a *
+    sqrt(1 - d2^(t+1))``. The kernel then takes
+    ``theta -= eta * (sqrt(c2)/c1) * m / (sqrt(s) + eps_a * sqrt(c2))``, which
+    is ``eta * m_hat / (sqrt(s_hat) + eps_a)`` (see `estimate`)."""
+
+    lr: tf.Tensor
+    beta1_power: tf.Tensor
+    beta2_power: tf.Tensor
+    beta1: tf.Tensor
+    beta2: tf.Tensor
+    epsilon: tf.Tensor
+
+
 class Step(NamedTuple):
     """What one step yields.
 
-    ``ok`` says whether the step is taken. If it is, theta_i decreases by
-    ``direction_scale * directions[i]`` (which is eta * v_i), the EMAs become
-    ``moments`` and the state ``state``; if not, only the state changes, to
-    ``skipped_state`` (the skip counted). ``effective_learning_rate`` is eta
-    (0 for a skipped step) and ``min_loss`` the L_min it used, before
-    forgetting.
+    ``ok`` says whether the step is taken. If it is, the state becomes
+    ``state`` and each variable is updated as ``kinds[i]`` says: `GENERAL`:
+    theta_i decreases by ``direction_scale * directions[i]`` (which is
+    eta * v_i) and its EMAs become ``moments[i]``; `ADAM`: TensorFlow's Adam
+    kernel with ``adam_kernel[dtype]`` does both from the gradient
+    (``directions[i]`` and ``moments[i]`` are `None`). If not, only the state
+    changes, to ``skipped_state`` (the skip counted).
+    ``effective_learning_rate`` is eta (0 for a skipped step) and ``min_loss``
+    the L_min it used, before forgetting.
     """
 
     ok: tf.Tensor
+    kinds: tuple
     directions: list
     direction_scale: tf.Tensor
     moments: list
+    adam_kernel: dict
     state: State
     skipped_state: State
     effective_learning_rate: tf.Tensor
@@ -190,37 +215,50 @@ def update_moment(moment: Moment, ema, grad):
     return moment.decay * ema + (1.0 - moment.decay) * value
 
 
-def estimate(estimator: Estimator, emas, corrections):
+def estimate(estimator: Estimator, emas, epsilon=None):
     """``u``, the output of ``estimator`` before its scalar bias correction.
 
-    ``emas`` are the estimator's EMAs after this step's update and
-    ``corrections`` come from `bias_corrections`, with ``c = 1 - d^(t+1)``
-    for each EMA; the bias-corrected output is ``corrections[0] * u``.
+    ``emas`` are the estimator's EMAs after this step's update and ``epsilon``
+    the second value of `bias_corrections`, with ``c = 1 - d^(t+1)`` for each
+    EMA; the bias-corrected output is ``bias_corrections(...)[0] * u``.
     Momentum: ``m / c``, that is ``(1/c) * m``. Adam:
     ``(m / c1) / (sqrt(s / c2) + eps)``, that is
     ``(sqrt(c2) / c1) * m / (sqrt(s) + eps * sqrt(c2))``. The corrections stay
     in the scalar, which saves passes over the arrays.
     """
-    _, epsilon = corrections
     if estimator.kind == "momentum":
         return emas[0]
     return emas[0] / (tf.sqrt(emas[1]) + epsilon)
 
 
-def bias_corrections(estimator, step, dtype):
+class Powers:
+    """``d^(t+1)`` for each decay ``d`` and dtype, each computed once per step
+    (in a graph every scalar op costs time)."""
+
+    def __init__(self, step):
+        self._step = step
+        self._cache = {}
+
+    def __call__(self, decay, dtype):
+        key = (decay, dtype)
+        if key not in self._cache:
+            count = self._cache.get(dtype)
+            if count is None:
+                count = self._cache[dtype] = tf.cast(self._step + 1, dtype)
+            self._cache[key] = tf.pow(tf.constant(decay, dtype), count)
+        return self._cache[key]
+
+
+def bias_corrections(estimator, powers: Powers, dtype):
     """``estimate``'s scale (``1/c1``, or ``sqrt(c2)/c1`` for Adam) and ``eps * sqrt(c2)``.
 
-    They depend on t only: one computation per step serves every variable.
+    They depend on t only (through ``powers``): one computation per step
+    serves every variable.
     """
-    count = tf.cast(step + 1, dtype)
-
-    def correction(moment):
-        return 1.0 - tf.pow(tf.constant(moment.decay, dtype), count)
-
-    c1 = correction(estimator.moments[0])
+    c1 = 1.0 - powers(estimator.moments[0].decay, dtype)
     if estimator.kind == "momentum":
         return 1.0 / c1, None
-    root_c2 = tf.sqrt(correction(estimator.moments[1]))
+    root_c2 = tf.sqrt(1.0 - powers(estimator.moments[1].decay, dtype))
     return root_c2 / c1, estimator.epsilon * root_c2
 
 
@@ -261,7 +299,36 @@ def _as_scalar(value, dtype):
     return tf.cast(value, dtype)
 
 
-def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
+def xla_available() -> bool:
+    """Whether this TensorFlow can compile with XLA (its CPU and GPU builds can)."""
+    return tf.test.is_built_with_xla()
+
+
+def update_kind(rule: Rule, var_dtype, fuse: bool = True) -> str:
+    """How a variable of ``var_dtype`` is updated: `ADAM` or `GENERAL`.
+
+    `ADAM` where TensorFlow's fused Adam kernel computes exactly L4's update:
+    L4Adam's estimator pair (Adam's direction; the gradient estimate is
+    Adam's own first moment), a float32 or float64 variable (the kernel keeps
+    the EMAs in the variable's dtype, and half types keep them in float32),
+    and XLA for the read-only pass that computes ``<v, g>`` first (without it
+    that pass costs more than the kernel saves). ``fuse=False`` (under XLA, or
+    where the step must be taken by selection) asks for `GENERAL`.
+    """
+    fusable = (
+        fuse
+        and rule.direction.kind == "adam"
+        and rule.gradient.kind == "momentum"
+        and rule.gradient.moments[0] == rule.direction.moments[0]
+        and tf.as_dtype(var_dtype).base_dtype in (tf.float32, tf.float64)
+        and xla_available()
+    )
+    return ADAM if fusable else GENERAL
+
+
+def l4_step(
+    rule: Rule, fraction, loss, grads, moments, state: State, fuse: bool = True
+) -> Step:
     """One L4 step over all variables.
 
     The step is not taken when the loss, ``<v, g>`` or eta is not finite (one
@@ -269,6 +336,12 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     below ``rule.loss_lower_bound``, or when an update could overflow its
     variable's dtype; the front ends branch on ``Step.ok`` (or use
     `select_taken`).
+
+    The arrays are read in one pass before anything is written: for `ADAM`
+    variables (see `update_kind`) an XLA-compiled pass that only reduces to
+    ``<v_i, g_i>``, leaving the update to TensorFlow's Adam kernel; for the
+    others one XLA-compiled pass (when ``fuse`` and XLA allow) that yields the
+    new EMAs and directions.
 
     Args:
         rule: the hyperparameters, see `Rule`.
@@ -278,46 +351,56 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
         moments: for each variable, the values of its EMAs in ``rule.layout`` order
             (in ``compute_dtype`` of the variable's dtype).
         state: t, L_min and the skip count before this step.
+        fuse: whether fused kernels and XLA passes may serve; `False` when
+            the caller takes the step by `select_taken`.
 
     Returns:
         A `Step`. Directions and EMAs are in each variable's compute dtype; eta,
         L_min and the inner product in ``scalar_dtype`` of the inputs.
     """
-    lay = rule.layout
     dtype = scalar_dtype(loss.dtype, [g.dtype for g in grads])
     # L4 works on the loss above its lower bound; L_min is kept in loss units.
     bound = tf.constant(rule.loss_lower_bound, dtype)
     loss = tf.cast(loss, dtype) - bound
     step = state.step
+    powers = Powers(step)
     same_estimate = rule.direction == rule.gradient
+    kinds = tuple(update_kind(rule, g.dtype, fuse) for g in grads)
 
     corrections = {}  # per compute dtype: (direction's, gradient estimate's)
 
     def corrections_in(cdtype):
         if cdtype not in corrections:
             corrections[cdtype] = (
-                bias_corrections(rule.direction, step, cdtype),
-                bias_corrections(rule.gradient, step, cdtype),
+                bias_corrections(rule.direction, powers, cdtype),
+                bias_corrections(rule.gradient, powers, cdtype),
             )
         return corrections[cdtype]
 
-    new_moments, directions, dots = [], [], []
-    for grad, emas in zip(grads, moments):
-        grad = tf.cast(grad, compute_dtype(grad.dtype))
-        v_corrections, g_corrections = corrections_in(grad.dtype)
-        emas = [update_moment(m, ema, grad) for m, ema in zip(lay.moments, emas)]
-        v = estimate(rule.direction, [emas[i] for i in lay.direction], v_corrections)
-        if same_estimate:
-            g = v
-        else:
-            g = estimate(rule.gradient, [emas[i] for i in lay.gradient], g_corrections)
-        new_moments.append(emas)
-        directions.append(v)
-        # With v = g, <v, g> = 2 * l2_loss(v): one kernel, no temporary. The
-        # factor 2 is applied once per dtype below.
-        dots.append(tf.nn.l2_loss(v) if same_estimate else tf.reduce_sum(v * g))
+    def epsilons(grad):
+        v_corrections, g_corrections = corrections_in(compute_dtype(grad.dtype))
+        return v_corrections[1], g_corrections[1]
+
+    directions, new_moments = [None] * len(grads), [None] * len(grads)
+    dots = [None] * len(grads)
+    general = [i for i, kind in enumerate(kinds) if kind == GENERAL]
+    fused = [i for i, kind in enumerate(kinds) if kind == ADAM]
+    if general:
+        args = [(grads[i], moments[i], *epsilons(grads[i])) for i in general]
+        use_xla = fuse and xla_available() and not in_xla_context()
+        terms = _terms_function(rule, use_xla)(args)
+        for i, (emas, v, g) in zip(general, terms):
+            new_moments[i], directions[i] = emas, v
+            # With v = g, <v, g> = 2 * l2_loss(v): one kernel, no temporary.
+            # The factor 2 is applied once per dtype below.
+            dots[i] = tf.nn.l2_loss(v) if same_estimate else tf.reduce_sum(v * g)
+    if fused:
+        args = [(grads[i], moments[i], *epsilons(grads[i])) for i in fused]
+        for i, dot in zip(fused, _dots_function(rule)(args)):
+            dots[i] = dot
     dot_factor = 2.0 if same_estimate else 1.0
-    inner_product = _inner_product(dots, directions, corrections, dot_factor, dtype)
+    compute_dtypes = [compute_dtype(g.dtype) for g in grads]
+    inner_product = _inner_product(dots, compute_dtypes, corrections, dot_factor, dtype)
     # A non-finite element of any v_i or g_i makes the sum non-finite.
 
     min_loss = update_min_loss(
@@ -337,7 +420,7 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     if rule.max_effective_learning_rate is not None:
         eta = tf.minimum(eta, tf.constant(rule.max_effective_learning_rate, dtype))
     # The direction's scale is the same for every variable.
-    direction_scale = eta * bias_corrections(rule.direction, step, dtype)[0]
+    direction_scale = eta * bias_corrections(rule.direction, powers, dtype)[0]
 
     ok = tf.reduce_all(
         tf.math.is_finite(tf.stack([loss, inner_product, eta])) & (loss >= 0)
@@ -348,9 +431,16 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     old_min_loss = tf.cast(state.min_loss, dtype)
     return Step(
         ok=ok,
+        kinds=kinds,
         directions=directions,
         direction_scale=direction_scale,
         moments=new_moments,
+        adam_kernel={
+            grads[i].dtype: adam_kernel(
+                rule.direction, powers, eta, epsilons(grads[i])[0], grads[i].dtype
+            )
+            for i in fused
+        },
         state=State(
             step=step + 1,
             min_loss=forget_min_loss(
@@ -367,13 +457,104 @@ def l4_step(rule: Rule, fraction, loss, grads, moments, state: State) -> Step:
     )
 
 
-def _inner_product(dots, directions, corrections, dot_factor, dtype):
+def adam_kernel(estimator: Estimator, powers: Powers, eta, epsilon, dtype):
+    """`AdamKernel`'s scalars for Adam's ``estimator`` this step, in ``dtype``;
+    ``epsilon`` is ``eps_a * sqrt(c2)`` from `bias_corrections`."""
+    d1, d2 = (m.decay for m in estimator.moments)
+    return AdamKernel(
+        lr=tf.cast(eta, dtype),
+        beta1_power=powers(d1, dtype),
+        beta2_power=powers(d2, dtype),
+        beta1=tf.constant(d1, dtype),
+        beta2=tf.constant(d2, dtype),
+        epsilon=epsilon,
+    )
+
+
+def _variable_terms(rule: Rule, grad, emas, v_epsilon, g_epsilon):
+    """One variable's new EMAs, ``u`` of the direction and of the gradient estimate."""
+    lay = rule.layout
+    grad = tf.cast(grad, compute_dtype(grad.dtype))
+    emas = [update_moment(m, ema, grad) for m, ema in zip(lay.moments, emas)]
+    v = estimate(rule.direction, [emas[i] for i in lay.direction], v_epsilon)
+    if rule.direction == rule.gradient:
+        return emas, v, v
+    return emas, v, estimate(rule.gradient, [emas[i] for i in lay.gradient], g_epsilon)
+
+
+_FUNCTIONS = {}
+
+
+def _cached(key, make):
+    if key not in _FUNCTIONS:
+        _FUNCTIONS[key] = make()
+    return _FUNCTIONS[key]
+
+
+def _terms_function(rule: Rule, use_xla: bool):
+    """A function of ``[(grad, emas, v_epsilon, g_epsilon), ...]`` that returns
+    ``[(new_emas, u_v, u_g), ...]``, compiled with XLA when ``use_xla``."""
+    if not use_xla:
+        return lambda args: [_variable_terms(rule, *a) for a in args]
+    lay = rule.layout
+    # Momentum's estimate is its EMA: returned once, picked out here.
+    v_is_ema = rule.direction.kind == "momentum"
+    g_is_ema = rule.gradient.kind == "momentum" or rule.direction == rule.gradient
+
+    def compute(args):
+        out = []
+        for a in args:
+            emas, v, g = _variable_terms(rule, *a)
+            out.append((emas, None if v_is_ema else v, None if g_is_ema else g))
+        return out
+
+    compiled = _cached(
+        ("terms", rule.direction, rule.gradient),
+        lambda: tf.function(compute, jit_compile=True),
+    )
+
+    def call(args):
+        terms = []
+        for emas, v, g in compiled(args):
+            if v is None:
+                v = emas[lay.direction[0]]
+            if g is None:
+                g = v if rule.direction == rule.gradient else emas[lay.gradient[0]]
+            terms.append((emas, v, g))
+        return terms
+
+    return call
+
+
+def _dots_function(rule: Rule):
+    """An XLA-compiled function of ``[(grad, emas, v_epsilon, g_epsilon), ...]``
+    for `ADAM` variables that returns each ``<u_v, u_g>`` and writes nothing:
+    XLA fuses the EMA updates, the estimate and the product into one
+    read-only loop over each variable."""
+    first, second = rule.layout.moments
+
+    def compute(args):
+        dots = []
+        for grad, (m, s), epsilon, _ in args:
+            m, s = update_moment(first, m, grad), update_moment(second, s, grad)
+            # <u, m> with u = m / (sqrt(s) + eps'), written as sum(m^2 / ...):
+            # XLA's CPU loop for sum(u * m) is 1.8 times slower (measured).
+            dots.append(tf.reduce_sum(tf.square(m) / (tf.sqrt(s) + epsilon)))
+        return dots
+
+    return _cached(
+        ("dots", rule.direction, rule.gradient),
+        lambda: tf.function(compute, jit_compile=True),
+    )
+
+
+def _inner_product(dots, compute_dtypes, corrections, dot_factor, dtype):
     """``sum_i <v_i, g_i>`` from the per-variable ``dots`` of the unscaled EMA
     transforms: the bias corrections multiply once per compute dtype, not once
     per variable (in a graph every op costs time, however small its input)."""
     dots_by_dtype = {}
-    for v, dot in zip(directions, dots):
-        dots_by_dtype.setdefault(v.dtype, []).append(dot)
+    for cdtype, dot in zip(compute_dtypes, dots):
+        dots_by_dtype.setdefault(cdtype, []).append(dot)
     return tf.add_n(
         [
             tf.cast(dot_factor * _scale_product(corrections[cdtype]) * _sum(d), dtype)
@@ -393,10 +574,11 @@ def _update_fits(rule, grads, directions, dots, dot_factor, direction_scale):
     squared_norms = {}  # per variable dtype: ||u_i||^2, or a bound on them
     for grad, v, dot in zip(grads, directions, dots):
         squares = squared_norms.setdefault(grad.dtype, [])
+        cdtype = compute_dtype(grad.dtype)
         if same_estimate:  # then dot_factor * dot is ||u_i||^2
             squares.append(dot)
         elif u_bound is not None and grad.dtype not in (tf.float16, tf.bfloat16):
-            squares[:] = [tf.constant(u_bound**2, v.dtype)]  # no pass over v
+            squares[:] = [tf.constant(u_bound**2, cdtype)]  # no pass over v
         else:  # the bound is too loose for half types' range
             squares.append(tf.reduce_sum(tf.square(v)))
     fits = []
@@ -421,6 +603,11 @@ def _max(scalars):
     return scalars[0] if len(scalars) == 1 else tf.reduce_max(tf.stack(scalars))
 
 
+def in_xla_context() -> bool:
+    """Whether this code is being compiled by XLA (``jit_compile=True``)."""
+    return tf.__internal__.get_enclosing_xla_context() is not None
+
+
 def selection_is_cheaper() -> bool:
     """Whether to skip by `select_taken` rather than by branching on ``Step.ok``.
 
@@ -430,7 +617,7 @@ def selection_is_cheaper() -> bool:
     1.39 with a branch, 1.32 with selection). Elsewhere each selection is one
     more pass over the arrays, and branching is cheaper.
     """
-    return tf.__internal__.get_enclosing_xla_context() is not None
+    return in_xla_context()
 
 
 def select_taken(step: Step, moments) -> Step:
@@ -440,7 +627,9 @@ def select_taken(step: Step, moments) -> Step:
     control flow v2), and under XLA (see `selection_is_cheaper`): every
     assignment of the result can run unconditionally, and a skipped step
     writes back the values it read. ``moments`` are the EMAs before the step.
+    The step must have been computed with ``fuse=False``.
     """
+    assert all(kind == GENERAL for kind in step.kinds), step.kinds
     ok = step.ok
 
     def keep(new, old):

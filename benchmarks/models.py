@@ -20,6 +20,21 @@ def mlp_weights(inputs=784, seed=0):
     return initial_weights(inputs, seed)
 
 
+def wide_mlp_weights(seed=0):
+    """MLP 784-2048-2048-10 (5.8M parameters), Xavier init: the optimizer is a
+    large part of each step."""
+    rng = np.random.default_rng(seed)
+    sizes = (784, 2048, 2048, 10)
+    weights = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        limit = np.sqrt(6.0 / (fan_in + fan_out))
+        weights += [
+            rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32),
+            np.zeros(fan_out, np.float32),
+        ]
+    return weights
+
+
 def deep_weights(tensors=200, width=32, seed=0):
     """``tensors / 2`` dense layers of ``width`` units: many small variables."""
     rng = np.random.default_rng(seed)
@@ -51,6 +66,26 @@ def dense_stack(x, weights, final_activation=False):
         if i < len(pairs) - 1 or final_activation:
             x = tf.nn.relu(x)
     return x
+
+
+def keras_dense_stack(weights):
+    """The Keras model that computes `dense_stack` with ``weights``."""
+    import keras
+
+    pairs = len(weights) // 2 if len(weights) > 1 else 1
+    layers = [keras.Input((weights[0].shape[0],))]
+    for i in range(pairs):
+        last = i == pairs - 1
+        layers.append(
+            keras.layers.Dense(
+                weights[2 * i].shape[1],
+                activation=None if last else "relu",
+                use_bias=len(weights) > 1,
+            )
+        )
+    model = keras.Sequential(layers)
+    model.set_weights(weights)
+    return model
 
 
 def classification_loss(logits, labels):

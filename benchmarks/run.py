@@ -6,10 +6,11 @@
 
 Parts (written to --output as Markdown tables, PNG plots and results.json):
 - speed:   cost per step as ratios L4Adam / Adam and L4Mom / momentum SGD, in a
-           Session, in tf.function and with jit_compile=True, on the MLP
-           784-300-100-10 (batch 64) and on 100 dense layers (200 tensors).
-           Each ratio is the median (and quartiles) over repetitions that
-           alternate the two.
+           Session, in tf.function, with jit_compile=True and in Keras'
+           model.fit, on the MLPs 784-300-100-10 and 784-2048-2048-10 (batch
+           64) and on 100 dense layers (200 tensors). Each ratio is the
+           median (and quartiles) over repetitions that alternate the two.
+           One thread (--threads), as the targets are stated.
 - memory:  optimizer state in bytes, and graph build time.
 - scaling: the Session ratios for one dense layer of 1e4 to 1e7 parameters.
 - quality: final training loss (median of 3 seeds) on a badly conditioned
@@ -35,9 +36,11 @@ from models import (  # noqa: E402
     classification_loss,
     deep_weights,
     dense_stack,
+    keras_dense_stack,
     mlp_weights,
     random_batch,
     regression_loss,
+    wide_mlp_weights,
     wide_weights,
 )
 
@@ -58,6 +61,16 @@ PAIRS = {  # name: (baseline, L4) factories for (tf.compat.v1, Keras)
 
 # -- Timing ------------------------------------------------------------------
 
+SESSION_CONFIG = tf.compat.v1.ConfigProto()
+
+
+def set_threads(threads):
+    """The same number of threads for eager code, tf.function and Sessions."""
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    SESSION_CONFIG.intra_op_parallelism_threads = threads
+    SESSION_CONFIG.inter_op_parallelism_threads = threads
+
 
 def median_ratio(run_baseline, run_l4, steps, reps):
     """time(L4) / time(baseline) over ``reps`` alternating repetitions of ``steps`` steps.
@@ -72,8 +85,8 @@ def median_ratio(run_baseline, run_l4, steps, reps):
         times = []
         for run in (run_baseline, run_l4):
             start = time.perf_counter()
-            run(steps)
-            times.append(time.perf_counter() - start)
+            measured = run(steps)  # a runner may time its steps itself
+            times.append(time.perf_counter() - start if measured is None else measured)
         ratios.append(times[1] / times[0])
         seconds.append(times[0] / steps)
     low, ratio, high = np.percentile(ratios, [25, 50, 75])
@@ -87,9 +100,10 @@ def median_ratio(run_baseline, run_l4, steps, reps):
 
 def model_problem(kind, inputs_seed=0):
     """(weights, x, y, loss_of(outputs, y)) for a model kind."""
-    if kind == "mlp":
+    if kind in ("mlp", "wide_mlp"):
         x, y = random_batch(784, seed=inputs_seed)
-        return mlp_weights(), x, y, classification_loss
+        weights = mlp_weights() if kind == "mlp" else wide_mlp_weights()
+        return weights, x, y, classification_loss
     if kind == "deep":
         x = np.random.default_rng(inputs_seed).random((64, 32), dtype=np.float32)
         return deep_weights(200), x, None, lambda out, y: regression_loss(out)
@@ -106,7 +120,7 @@ def session_runner(kind, make_optimizer):
         labels = tf.constant(y) if y is not None else None
         loss = loss_of(dense_stack(tf.constant(x), var_list), labels)
         train_op = make_optimizer().minimize(loss, var_list=var_list)
-        sess = tf.compat.v1.Session(graph=graph)
+        sess = tf.compat.v1.Session(graph=graph, config=SESSION_CONFIG)
         sess.run(tf.compat.v1.global_variables_initializer())
 
     def run(steps):
@@ -141,17 +155,64 @@ def function_runner(kind, make_optimizer, jit_compile):
     return run
 
 
+class _StepTimes(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(time.perf_counter())
+
+
+def fit_runner(kind, make_optimizer):
+    """Keras' model.fit on ``steps`` copies of one batch, the model built from
+    the same weights as the other runners. Its steps are timed from the end of
+    the first to the end of the last (fit's set-up is not a step)."""
+    weights, x, y, loss_of = model_problem(kind)
+    model = keras_dense_stack(weights)
+    model.compile(
+        optimizer=make_optimizer(),
+        # Keras hands the labels over as floats.
+        loss=lambda labels, outputs: loss_of(outputs, tf.cast(labels, tf.int64)),
+        jit_compile=False,
+    )
+    if y is None:
+        y = np.zeros((len(x), 1), np.float32)  # the regression loss ignores it
+
+    step_times = _StepTimes()
+
+    def run(steps):
+        model.fit(
+            np.tile(x, (steps + 1, 1)),
+            np.tile(y, (steps + 1,) + (1,) * (y.ndim - 1)),
+            batch_size=len(x),
+            epochs=1,
+            shuffle=False,
+            verbose=0,
+            callbacks=[step_times],
+        )
+        return step_times.ends[-1] - step_times.ends[0]
+
+    return run
+
+
+SPEED_MODELS = {
+    "mlp": "MLP 784-300-100-10",
+    "wide_mlp": "MLP 784-2048-2048-10",
+    "deep": "100 layers (200 tensors)",
+}
+SPEED_MODES = ("Session", "tf.function", "jit_compile=True", "Keras fit")
+
+
 def speed(quick):
     rows = []
     steps, reps = (30, 5) if quick else (100, 9)
-    for kind, label in (
-        ("mlp", "MLP 784-300-100-10"),
-        ("deep", "100 layers (200 tensors)"),
-    ):
-        for mode in ("Session", "tf.function", "jit_compile=True"):
+    for kind, label in SPEED_MODELS.items():
+        for mode in SPEED_MODES:
             for pair, (v1, keras_pair) in PAIRS.items():
                 if mode == "Session":
                     runs = [session_runner(kind, make) for make in v1]
+                elif mode == "Keras fit":
+                    runs = [fit_runner(kind, make) for make in keras_pair]
                 else:
                     runs = [
                         function_runner(kind, make, mode != "tf.function")
@@ -486,6 +547,12 @@ def main(argv=None):
         help="comma-separated parts (default: all)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="TensorFlow's intra- and inter-op threads (default 1)",
+    )
+    parser.add_argument(
         "--output",
         default=os.path.join("benchmarks", "results"),
         help="folder for the tables and plots (default benchmarks/results)",
@@ -495,10 +562,13 @@ def main(argv=None):
     unknown = set(parts) - {"speed", "memory", "scaling", "quality"}
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}")
+    set_threads(args.threads)
     out = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU "
-        f"cores, TensorFlow {tf.__version__}, Python {platform.python_version()}",
+        f"cores ({args.threads} thread{'s' if args.threads > 1 else ''}), "
+        f"TensorFlow {tf.__version__}, Python {platform.python_version()}",
         "quick": args.quick,
+        "threads": args.threads,
     }
     for part in parts:
         print(f"{part}:", flush=True)

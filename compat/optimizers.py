@@ -261,19 +261,23 @@ class L4General(keras.optimizers.Optimizer):
         values = [
             [tf.convert_to_tensor(m) for m in var_moments] for var_moments in moments
         ]
+        grads = [
+            l4_rule.dense_gradient(g, v) for g, v in zip(grads, trainable_variables)
+        ]
+        # Under XLA a selection is cheaper than a branch (`select_taken`).
+        select = l4_rule.selection_is_cheaper()
         result = l4_rule.l4_step(
             self._rule,
             learning_rate,
             loss,
-            grads=[
-                l4_rule.dense_gradient(g, v) for g, v in zip(grads, trainable_variables)
-            ],
+            grads=grads,
             moments=values,
             state=l4_rule.State(
                 tf.convert_to_tensor(self._step),
                 tf.convert_to_tensor(self._min_loss),
                 tf.convert_to_tensor(self._skipped),
             ),
+            fuse=not select,
         )
 
         def assign_state(state, eta):
@@ -283,18 +287,16 @@ class L4General(keras.optimizers.Optimizer):
             self.assign(self._effective_lr, eta)
 
         def take_step():
-            for var, v, var_moments, emas in zip(
-                trainable_variables, result.directions, moments, result.moments
+            for i, (var, var_moments, grad) in enumerate(
+                zip(trainable_variables, moments, grads)
             ):
-                fused.apply_descent(var, result.direction_scale, v)
-                for moment, ema in zip(var_moments, emas):
-                    self.assign(moment, ema)
+                fused.apply_update(result, i, var, var_moments, grad, self.assign)
             assign_state(result.state, result.effective_learning_rate)
 
         def skip_step():
             assign_state(result.skipped_state, result.effective_learning_rate)
 
-        if l4_rule.selection_is_cheaper():
+        if select:
             result = l4_rule.select_taken(result, values)
             take_step()
         else:

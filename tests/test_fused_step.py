@@ -1,0 +1,198 @@
+"""The fused step: which variables TensorFlow's Adam kernel updates, and that
+every choice (fused, general, no XLA) follows the reference and keeps
+checkpoints interchangeable."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import L4
+import L4.compat
+from L4 import rule as l4_rule
+
+from harness import (
+    EAGER_MODES,
+    Record,
+    assert_records_close,
+    make_variables,
+    reference_run,
+    run,
+)
+from l4_reference import L4ADAM, L4GENERAL_CUSTOM, L4MOM
+from problems import LeastSquares
+
+
+def _rule(**kwargs):
+    return L4.L4General(**kwargs)._rule
+
+
+@pytest.mark.parametrize(
+    "kwargs, dtype, fuse, kind",
+    [
+        (L4ADAM, tf.float32, True, l4_rule.ADAM),
+        (L4ADAM, tf.float64, True, l4_rule.ADAM),
+        (L4ADAM, tf.float16, True, l4_rule.GENERAL),  # EMAs in float32
+        (L4ADAM, tf.bfloat16, True, l4_rule.GENERAL),
+        (L4ADAM, tf.float32, False, l4_rule.GENERAL),  # under XLA, or selection
+        (L4MOM, tf.float32, True, l4_rule.GENERAL),
+        (L4GENERAL_CUSTOM, tf.float32, True, l4_rule.GENERAL),
+        # The gradient estimate is not Adam's first moment: no kernel keeps three EMAs.
+        (
+            dict(L4ADAM, direction_params={"time_scale_grad": 5.0}),
+            tf.float32,
+            True,
+            l4_rule.GENERAL,
+        ),
+    ],
+)
+def test_which_variables_the_adam_kernel_updates(kwargs, dtype, fuse, kind):
+    kwargs = {k: v for k, v in kwargs.items() if k != "fraction"}
+    assert l4_rule.update_kind(_rule(**kwargs), dtype, fuse) == kind
+
+
+def test_without_xla_every_variable_takes_the_general_path(monkeypatch):
+    monkeypatch.setattr(l4_rule, "xla_available", lambda: False)
+    assert l4_rule.update_kind(_rule(**L4ADAM), tf.float32) == l4_rule.GENERAL
+
+
+def _graph_op_types(graph):
+    types = {op.type for op in graph.get_operations()}
+    for function in graph.as_graph_def().library.function:
+        types |= {node.op for node in function.node_def}
+    return types
+
+
+def _xla_functions(graph):
+    return [
+        f for f in graph.as_graph_def().library.function if f.attr["_XlaMustCompile"].b
+    ]
+
+
+@pytest.mark.parametrize(
+    "name, variables, kernels",
+    [
+        ("L4Adam", [tf.float32], {"ResourceApplyAdam"}),
+        ("L4Adam", [tf.float64], {"ResourceApplyAdam"}),
+        ("L4Adam", [tf.float16], {"ResourceApplyGradientDescent"}),
+        (
+            "L4Adam",
+            [tf.float32, tf.float16],
+            {"ResourceApplyAdam", "ResourceApplyGradientDescent"},
+        ),
+        ("L4Mom", [tf.float32], {"ResourceApplyGradientDescent"}),
+    ],
+)
+def test_the_kernels_in_a_session_graph(name, variables, kernels):
+    with tf.Graph().as_default() as graph:
+        var_list = [
+            tf.compat.v1.Variable(tf.ones([3, 2], dtype), use_resource=True)
+            for dtype in variables
+        ]
+        loss = tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32) ** 2) for v in var_list])
+        getattr(L4, name)().minimize(loss, var_list=var_list)
+        applied = {t for t in _graph_op_types(graph) if t.startswith("ResourceApply")}
+        assert applied == kernels
+        # One XLA-compiled read-only pass for the fused variables, one for the rest.
+        assert len(_xla_functions(graph)) == len(kernels)
+
+
+@pytest.mark.graph_process
+def test_ref_variables_use_the_ref_adam_kernel_where_they_can_branch():
+    """Under disable_v2_behavior (control flow v1) ref variables can branch and
+    take the Adam kernel; under control flow v2 they cannot be assigned in a
+    branch, so the step is taken by selection, on the general path."""
+    with tf.Graph().as_default() as graph:
+        w = tf.compat.v1.Variable(tf.ones([3, 2]), use_resource=False)
+        L4.L4Adam().minimize(tf.reduce_sum(w**2))
+        applied = {t for t in _graph_op_types(graph) if t.startswith("Apply")}
+    if tf.compat.v1.control_flow_v2_enabled():
+        assert applied == {"ApplyGradientDescent"}
+    else:
+        assert applied == {"ApplyAdam"}
+
+
+def test_without_xla_a_session_graph_compiles_nothing(monkeypatch):
+    monkeypatch.setattr(l4_rule, "xla_available", lambda: False)
+    with tf.Graph().as_default() as graph:
+        w = tf.compat.v1.Variable(tf.ones([3, 2]), use_resource=True)
+        L4.L4Adam().minimize(tf.reduce_sum(w**2))
+        assert not _xla_functions(graph)
+        assert "ResourceApplyAdam" not in _graph_op_types(graph)
+
+
+MODES = [
+    pytest.param(m, marks=pytest.mark.eager) if m in EAGER_MODES else m
+    for m in ("graph_resource", "graph_default", *EAGER_MODES)
+]
+
+
+@pytest.mark.parametrize("xla", [True, False], ids=["xla", "no_xla"])
+@pytest.mark.parametrize("name", ["L4Adam", "L4Mom"])
+@pytest.mark.parametrize("mode", MODES)
+def test_with_and_without_xla_the_numbers_follow_the_reference(
+    mode, name, xla, monkeypatch
+):
+    if not xla:
+        monkeypatch.setattr(l4_rule, "xla_available", lambda: False)
+    problem = LeastSquares()
+    kwargs = L4ADAM if name == "L4Adam" else L4MOM
+    for dtype in (tf.float32, tf.float64):
+        actual, _ = run(mode, problem, getattr(L4, name), 30, dtype)
+        assert_records_close(actual, reference_run(problem, 30, **kwargs), dtype)
+
+
+@pytest.mark.eager
+@pytest.mark.parametrize("xla", [True, False], ids=["xla", "no_xla"])
+@pytest.mark.parametrize("mode", EAGER_MODES)
+def test_keras_front_end_with_and_without_xla(mode, xla, monkeypatch):
+    if not xla:
+        monkeypatch.setattr(l4_rule, "xla_available", lambda: False)
+    problem = LeastSquares()
+    actual, _ = run(
+        mode, problem, L4.compat.L4Adam, 30, tf.float64, form="keyword_loss"
+    )
+    kwargs = dict(L4ADAM, fraction=float(np.float32(0.15)))
+    assert_records_close(actual, reference_run(problem, 30, **kwargs), tf.float64)
+
+
+@pytest.mark.parametrize("kind", ["graph_ref", "graph_resource"])
+def test_checkpoints_of_the_general_path_restore_into_the_fused_one(
+    kind, tmp_path, monkeypatch
+):
+    """The slots keep their meaning (Adam's m and v): a checkpoint written
+    before the fused step (or without XLA) continues exactly with it."""
+    problem = LeastSquares()
+    path = os.path.join(str(tmp_path), "model.ckpt")
+
+    def train(steps, restore=False):
+        with tf.Graph().as_default():
+            var_list = make_variables(kind, problem.init, tf.float64)
+            opt = L4.L4Adam()
+            train_op = opt.minimize(problem.tf_loss(var_list), var_list=var_list)
+            saver = tf.compat.v1.train.Saver()
+            records = []
+            with tf.compat.v1.Session() as sess:
+                if restore:
+                    saver.restore(sess, path)
+                else:
+                    sess.run(tf.compat.v1.global_variables_initializer())
+                for _ in range(steps):
+                    sess.run(train_op)
+                    records.append(
+                        Record(
+                            *sess.run(
+                                [var_list, opt.effective_learning_rate, opt.min_loss]
+                            )
+                        )
+                    )
+                saver.save(sess, path)
+            return records
+
+    with monkeypatch.context() as patch:
+        patch.setattr(l4_rule, "xla_available", lambda: False)
+        first = train(10)
+    second = train(10, restore=True)
+    expected = reference_run(problem, 20, **L4ADAM)
+    assert_records_close(first + second, expected, tf.float64)
