@@ -297,15 +297,13 @@ class L4General(tf.compat.v1.train.Optimizer):
         skipped_var = self._state_variable(_SKIPPED)
         slots = [[self.get_slot(v, n) for n in self._layout.names] for _, v in pairs]
         moments = [[tf.convert_to_tensor(s) for s in var_slots] for var_slots in slots]
-        # Control flow v2 cannot assign ref variables in a branch; under XLA a
-        # selection is cheaper than a branch. Both take every write, so the
-        # step is computed without fused kernels there (`select_taken`).
-        cannot_branch = (
+        # Control flow v2 cannot assign ref variables in a branch: there the
+        # step takes every write, by selection, without fused kernels.
+        select = (
             graph_mode
             and _has_ref_variables(pairs)
             and tf.compat.v1.control_flow_v2_enabled()
         )
-        select = cannot_branch or l4_rule.selection_is_cheaper()
         grads = [g for g, _ in pairs]
         result = l4_rule.l4_step(
             config.read_rule(self._rule),

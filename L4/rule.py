@@ -312,8 +312,9 @@ def update_kind(rule: Rule, var_dtype, fuse: bool = True) -> str:
     Adam's own first moment), a float32 or float64 variable (the kernel keeps
     the EMAs in the variable's dtype, and half types keep them in float32),
     and XLA for the read-only pass that computes ``<v, g>`` first (without it
-    that pass costs more than the kernel saves). ``fuse=False`` (under XLA, or
-    where the step must be taken by selection) asks for `GENERAL`.
+    that pass costs more than the kernel saves). ``fuse=False`` (where the
+    step must be taken by selection) asks for `GENERAL`. Under
+    ``jit_compile=True`` XLA compiles the kernel like any other op.
     """
     fusable = (
         fuse
@@ -608,25 +609,12 @@ def in_xla_context() -> bool:
     return tf.__internal__.get_enclosing_xla_context() is not None
 
 
-def selection_is_cheaper() -> bool:
-    """Whether to skip by `select_taken` rather than by branching on ``Step.ok``.
-
-    True under XLA (``jit_compile=True``): XLA fuses the selections into the
-    loops that compute the update, while a conditional turns every tensor it
-    takes in into a buffer (measured on the benchmarks' MLP: L4Adam / Adam
-    1.39 with a branch, 1.32 with selection). Elsewhere each selection is one
-    more pass over the arrays, and branching is cheaper.
-    """
-    return in_xla_context()
-
-
 def select_taken(step: Step, moments) -> Step:
     """``step`` with the skip done by selection instead of by branching.
 
     For graphs that cannot branch around assignments (ref variables under
-    control flow v2), and under XLA (see `selection_is_cheaper`): every
-    assignment of the result can run unconditionally, and a skipped step
-    writes back the values it read. ``moments`` are the EMAs before the step.
+    control flow v2): every assignment of the result can run
+    unconditionally, and a skipped step writes back the values it read. ``moments`` are the EMAs before the step.
     The step must have been computed with ``fuse=False``.
     """
     assert all(kind == GENERAL for kind in step.kinds), step.kinds

@@ -264,8 +264,6 @@ class L4General(keras.optimizers.Optimizer):
         grads = [
             l4_rule.dense_gradient(g, v) for g, v in zip(grads, trainable_variables)
         ]
-        # Under XLA a selection is cheaper than a branch (`select_taken`).
-        select = l4_rule.selection_is_cheaper()
         result = l4_rule.l4_step(
             self._rule,
             learning_rate,
@@ -277,7 +275,6 @@ class L4General(keras.optimizers.Optimizer):
                 tf.convert_to_tensor(self._min_loss),
                 tf.convert_to_tensor(self._skipped),
             ),
-            fuse=not select,
         )
 
         def assign_state(state, eta):
@@ -296,11 +293,7 @@ class L4General(keras.optimizers.Optimizer):
         def skip_step():
             assign_state(result.skipped_state, result.effective_learning_rate)
 
-        if select:
-            result = l4_rule.select_taken(result, values)
-            take_step()
-        else:
-            tf.cond(result.ok, take_step, skip_step)
+        tf.cond(result.ok, take_step, skip_step)
 
     def update_step(self, gradient, variable, learning_rate):
         raise NotImplementedError(

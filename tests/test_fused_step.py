@@ -35,7 +35,7 @@ def _rule(**kwargs):
         (L4ADAM, tf.float64, True, l4_rule.ADAM),
         (L4ADAM, tf.float16, True, l4_rule.GENERAL),  # EMAs in float32
         (L4ADAM, tf.bfloat16, True, l4_rule.GENERAL),
-        (L4ADAM, tf.float32, False, l4_rule.GENERAL),  # under XLA, or selection
+        (L4ADAM, tf.float32, False, l4_rule.GENERAL),  # the step taken by selection
         (L4MOM, tf.float32, True, l4_rule.GENERAL),
         (L4GENERAL_CUSTOM, tf.float32, True, l4_rule.GENERAL),
         # The gradient estimate is not Adam's first moment: no kernel keeps three EMAs.
