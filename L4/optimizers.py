@@ -357,7 +357,7 @@ class L4General(tf.compat.v1.train.Optimizer):
         # The branch runs after `ok`, which depends on every read of the state,
         # so reads and writes stay apart also in graphs without automatic
         # control dependencies (ref variables, v1 graphs).
-        if select:
+        if select or l4_rule.selection_is_cheaper(result):
             result = l4_rule.select_taken(result, moments)
             done = take_step()
         else:

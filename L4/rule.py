@@ -382,23 +382,31 @@ def l4_step(
         v_corrections, g_corrections = corrections_in(compute_dtype(grad.dtype))
         return v_corrections[1], g_corrections[1]
 
+    use_xla = fuse and xla_available() and not in_xla_context()
+
+    def read(indices, make_pass, compile_if):
+        """(i, output) of one read pass over variables ``indices``; those whose
+        gradient satisfies ``compile_if`` are read by one XLA call."""
+        compiled = [i for i in indices if use_xla and compile_if(grads[i])]
+        plain = [i for i in indices if i not in compiled]
+        for group, jit_compile in ((compiled, True), (plain, False)):
+            if group:
+                args = [(grads[i], moments[i], *epsilons(grads[i])) for i in group]
+                yield from zip(group, make_pass(rule, jit_compile)(args))
+
     directions, new_moments = [None] * len(grads), [None] * len(grads)
     dots = [None] * len(grads)
-    general = [i for i, kind in enumerate(kinds) if kind == GENERAL]
     fused = [i for i, kind in enumerate(kinds) if kind == ADAM]
-    if general:
-        args = [(grads[i], moments[i], *epsilons(grads[i])) for i in general]
-        use_xla = fuse and xla_available() and not in_xla_context()
-        terms = _terms_function(rule, use_xla)(args)
-        for i, (emas, v, g) in zip(general, terms):
-            new_moments[i], directions[i] = emas, v
-            # With v = g, <v, g> = 2 * l2_loss(v): one kernel, no temporary.
-            # The factor 2 is applied once per dtype below.
-            dots[i] = tf.nn.l2_loss(v) if same_estimate else tf.reduce_sum(v * g)
-    if fused:
-        args = [(grads[i], moments[i], *epsilons(grads[i])) for i in fused]
-        for i, dot in zip(fused, _dots_function(rule)(args)):
-            dots[i] = dot
+    general = [i for i, kind in enumerate(kinds) if kind == GENERAL]
+    # One XLA call reads every fused variable. On the general path it costs
+    # more than it saves for small arrays, which plain ops read.
+    for i, dot in read(fused, _dots_function, lambda grad: True):
+        dots[i] = dot
+    for i, (emas, v, g) in read(general, _terms_function, _is_large):
+        new_moments[i], directions[i] = emas, v
+        # With v = g, <v, g> = 2 * l2_loss(v): one kernel, no temporary. The
+        # factor 2 is applied once per dtype below.
+        dots[i] = tf.nn.l2_loss(v) if same_estimate else tf.reduce_sum(v * g)
     dot_factor = 2.0 if same_estimate else 1.0
     compute_dtypes = [compute_dtype(g.dtype) for g in grads]
     inner_product = _inner_product(dots, compute_dtypes, corrections, dot_factor, dtype)
@@ -492,10 +500,10 @@ def _cached(key, make):
     return _FUNCTIONS[key]
 
 
-def _terms_function(rule: Rule, use_xla: bool):
+def _terms_function(rule: Rule, jit_compile: bool):
     """A function of ``[(grad, emas, v_epsilon, g_epsilon), ...]`` that returns
-    ``[(new_emas, u_v, u_g), ...]``, compiled with XLA when ``use_xla``."""
-    if not use_xla:
+    ``[(new_emas, u_v, u_g), ...]``, compiled with XLA when ``jit_compile``."""
+    if not jit_compile:
         return lambda args: [_variable_terms(rule, *a) for a in args]
     lay = rule.layout
     # Momentum's estimate is its EMA: returned once, picked out here.
@@ -527,11 +535,22 @@ def _terms_function(rule: Rule, use_xla: bool):
     return call
 
 
-def _dots_function(rule: Rule):
-    """An XLA-compiled function of ``[(grad, emas, v_epsilon, g_epsilon), ...]``
-    for `ADAM` variables that returns each ``<u_v, u_g>`` and writes nothing:
-    XLA fuses the EMA updates, the estimate and the product into one
-    read-only loop over each variable."""
+# General-path arrays with fewer elements are read by plain TensorFlow ops,
+# not by an XLA pass (L4Mom / momentum in a Session on the benchmarks' 100
+# layers of 32 x 32 weights: 1.55 with XLA for all, 1.39 with this bound).
+XLA_MIN_ELEMENTS = 2**14
+
+
+def _is_large(tensor):
+    size = tensor.shape.num_elements()
+    return size is None or size >= XLA_MIN_ELEMENTS
+
+
+def _dots_function(rule: Rule, jit_compile=True):
+    """A function of ``[(grad, emas, v_epsilon, g_epsilon), ...]`` for `ADAM`
+    variables that returns each ``<u_v, u_g>`` and writes nothing; compiled
+    with XLA, which fuses the EMA updates, the estimate and the product into
+    one read-only loop over each variable."""
     first, second = rule.layout.moments
 
     def compute(args):
@@ -543,6 +562,8 @@ def _dots_function(rule: Rule):
             dots.append(tf.reduce_sum(tf.square(m) / (tf.sqrt(s) + epsilon)))
         return dots
 
+    if not jit_compile:
+        return compute
     return _cached(
         ("dots", rule.direction, rule.gradient),
         lambda: tf.function(compute, jit_compile=True),
@@ -609,13 +630,29 @@ def in_xla_context() -> bool:
     return tf.__internal__.get_enclosing_xla_context() is not None
 
 
+def selection_is_cheaper(step: Step) -> bool:
+    """Whether to skip by `select_taken` rather than by branching on ``Step.ok``.
+
+    Under XLA (``jit_compile=True``) when every variable takes the general
+    path: XLA fuses the selections into the loops that compute the update,
+    while a conditional makes it write every tensor the branch takes in
+    (L4Mom / momentum on the benchmarks' MLPs: 1.40 and 1.22 with selection,
+    1.79 and 1.28 with a branch). The fused Adam kernel needs the branch
+    (L4Adam: 1.83 and 1.20 with it, 2.17 and 1.40 by selection on the
+    general path). Elsewhere each selection is one more pass over the
+    arrays, and branching is cheaper.
+    """
+    return in_xla_context() and all(kind == GENERAL for kind in step.kinds)
+
+
 def select_taken(step: Step, moments) -> Step:
     """``step`` with the skip done by selection instead of by branching.
 
     For graphs that cannot branch around assignments (ref variables under
-    control flow v2): every assignment of the result can run
-    unconditionally, and a skipped step writes back the values it read. ``moments`` are the EMAs before the step.
-    The step must have been computed with ``fuse=False``.
+    control flow v2), and where it is cheaper (`selection_is_cheaper`): every
+    assignment of the result can run unconditionally, and a skipped step
+    writes back the values it read. ``moments`` are the EMAs before the step.
+    Every variable must take the general path (``fuse=False`` ensures it).
     """
     assert all(kind == GENERAL for kind in step.kinds), step.kinds
     ok = step.ok

@@ -293,7 +293,11 @@ class L4General(keras.optimizers.Optimizer):
         def skip_step():
             assign_state(result.skipped_state, result.effective_learning_rate)
 
-        tf.cond(result.ok, take_step, skip_step)
+        if l4_rule.selection_is_cheaper(result):
+            result = l4_rule.select_taken(result, values)
+            take_step()
+        else:
+            tf.cond(result.ok, take_step, skip_step)
 
     def update_step(self, gradient, variable, learning_rate):
         raise NotImplementedError(

@@ -70,32 +70,38 @@ def _xla_functions(graph):
     ]
 
 
+SMALL, LARGE = [3, 2], [128, l4_rule.XLA_MIN_ELEMENTS // 128]
+
+
 @pytest.mark.parametrize(
-    "name, variables, kernels",
+    "name, variables, kernels, xla_calls",
     [
-        ("L4Adam", [tf.float32], {"ResourceApplyAdam"}),
-        ("L4Adam", [tf.float64], {"ResourceApplyAdam"}),
-        ("L4Adam", [tf.float16], {"ResourceApplyGradientDescent"}),
+        # One XLA call reads all variables that the Adam kernel updates...
+        ("L4Adam", [(tf.float32, SMALL)], {"ResourceApplyAdam"}, 1),
+        ("L4Adam", [(tf.float64, LARGE)], {"ResourceApplyAdam"}, 1),
+        ("L4Adam", [(tf.float16, SMALL)], {"ResourceApplyGradientDescent"}, 0),
         (
             "L4Adam",
-            [tf.float32, tf.float16],
+            [(tf.float32, SMALL), (tf.float16, LARGE)],
             {"ResourceApplyAdam", "ResourceApplyGradientDescent"},
+            2,
         ),
-        ("L4Mom", [tf.float32], {"ResourceApplyGradientDescent"}),
+        # ... and one the large ones of the general path; plain ops the rest.
+        ("L4Mom", [(tf.float32, SMALL)], {"ResourceApplyGradientDescent"}, 0),
+        ("L4Mom", [(tf.float32, LARGE)], {"ResourceApplyGradientDescent"}, 1),
     ],
 )
-def test_the_kernels_in_a_session_graph(name, variables, kernels):
+def test_the_kernels_in_a_session_graph(name, variables, kernels, xla_calls):
     with tf.Graph().as_default() as graph:
         var_list = [
-            tf.compat.v1.Variable(tf.ones([3, 2], dtype), use_resource=True)
-            for dtype in variables
+            tf.compat.v1.Variable(tf.ones(shape, dtype), use_resource=True)
+            for dtype, shape in variables
         ]
         loss = tf.add_n([tf.reduce_sum(tf.cast(v, tf.float32) ** 2) for v in var_list])
         getattr(L4, name)().minimize(loss, var_list=var_list)
         applied = {t for t in _graph_op_types(graph) if t.startswith("ResourceApply")}
         assert applied == kernels
-        # One XLA-compiled read-only pass for the fused variables, one for the rest.
-        assert len(_xla_functions(graph)) == len(kernels)
+        assert len(_xla_functions(graph)) == xla_calls
 
 
 @pytest.mark.graph_process
@@ -196,3 +202,20 @@ def test_checkpoints_of_the_general_path_restore_into_the_fused_one(
     second = train(10, restore=True)
     expected = reference_run(problem, 20, **L4ADAM)
     assert_records_close(first + second, expected, tf.float64)
+
+
+@pytest.mark.parametrize(
+    "make_optimizer, kwargs",
+    [
+        (L4.L4Adam, L4ADAM),
+        (L4.L4Mom, L4MOM),
+        (lambda: L4.L4General(**L4GENERAL_CUSTOM), L4GENERAL_CUSTOM),
+    ],
+    ids=["L4Adam", "L4Mom", "L4General_custom"],
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_large_variables_read_by_xla_follow_the_reference(mode, make_optimizer, kwargs):
+    problem = LeastSquares(n=64, d=128, k=l4_rule.XLA_MIN_ELEMENTS // 128)
+    for dtype in (tf.float32, tf.float64):
+        actual, _ = run(mode, problem, make_optimizer, 15, dtype)
+        assert_records_close(actual, reference_run(problem, 15, **kwargs), dtype)
