@@ -4,12 +4,14 @@ TensorFlow comes in several builds (`tensorflow`, `tensorflow-cpu`, ...) that
 must not be installed side by side, so it is an extra rather than a hard
 requirement: `pip install ".[cpu]"` for CPU-only machines, `pip install
 ".[gpu]"` for NVIDIA GPUs, or plain `pip install .` next to a TensorFlow you
-already have. Supported: TensorFlow 2.21 (Keras 3), Python 3.10 to 3.12.
+already have. Tested: TensorFlow 2.12 to 2.21 (the tf.compat.v1 optimizers)
+and 2.21 with Keras 3 (`L4.compat`), Python 3.10 to 3.12 as each release allows;
+see the README's "Supported versions" and tox.ini.
 """
 
 from setuptools import setup
 
-TENSORFLOW = ">=2.21,<2.22"
+TENSORFLOW = ">=2.12,<2.22"
 
 setup(
     name="L4-optimizer",

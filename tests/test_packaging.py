@@ -3,6 +3,10 @@
 import importlib.metadata
 import importlib.util
 import os
+import subprocess
+import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TENSORFLOW_BUILDS = {
@@ -25,9 +29,9 @@ def test_one_tensorflow_build_is_installed():
 
 
 def test_compat_is_a_subpackage_only():
-    import L4.compat
-
-    assert os.path.basename(os.path.dirname(L4.compat.__file__)) == "compat"
+    # The spec, not the module: on a TensorFlow with Keras 2 it refuses to load.
+    spec = importlib.util.find_spec("L4.compat")
+    assert os.path.basename(os.path.dirname(spec.origin)) == "compat"
     if os.environ.get("L4_TEST_INSTALLED"):
         assert importlib.util.find_spec("compat") is None, (
             "a top-level `compat` is importable"
@@ -46,3 +50,34 @@ def test_readme_starts_with_the_two_set_up_commands():
         'python -m pip install ".[cpu,examples]" && python legacy_examples/mnist_mlp.py',
         "python -m pip install tox && python -m tox",
     ]
+
+
+@pytest.mark.subprocess
+def test_compat_on_keras_2_says_what_works_instead():
+    """TF_USE_LEGACY_KERAS=1 makes TensorFlow's Keras Keras 2, as TF <= 2.15 does."""
+    code = "import L4; import L4.compat"
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert "ImportError: L4.compat serves Keras 3" in result.stderr, result.stderr
+    assert "L4.L4Adam, L4.L4Mom and L4.L4General work with it" in result.stderr
+
+
+@pytest.mark.subprocess
+def test_importing_l4_imports_no_keras():
+    code = (
+        "import sys, tensorflow\n"
+        "def keras(): return {m for m in sys.modules if m.split('.')[0] in "
+        "('keras', 'tf_keras')}\n"
+        "before = keras()\n"
+        "import L4\n"
+        "print(sorted(keras() - before))\n"
+    )
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
