@@ -506,7 +506,8 @@ def _terms_function(rule: Rule, jit_compile: bool):
     if not jit_compile:
         return lambda args: [_variable_terms(rule, *a) for a in args]
     lay = rule.layout
-    # Momentum's estimate is its EMA: returned once, picked out here.
+    # Each array is returned once: momentum's estimate is its EMA, and with
+    # equal estimators the gradient estimate is the direction. Picked out below.
     v_is_ema = rule.direction.kind == "momentum"
     g_is_ema = rule.gradient.kind == "momentum" or rule.direction == rule.gradient
 

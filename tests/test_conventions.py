@@ -76,12 +76,19 @@ def run_v1(mode, problem, make_optimizer, steps, feed=None, var_kwargs=None):
     def train_step():
         opt.minimize(lambda: problem.tf_loss(var_list), var_list=var_list)
 
+    return run_eagerly(mode, train_step, opt, var_list, steps, before=feed)
+
+
+def run_eagerly(mode, train_step, opt, var_list, steps, before=None, args=None):
+    """Runs ``train_step`` eagerly, in ``tf.function`` or under XLA (``mode``)
+    ``steps`` times, with ``args[i]`` and after ``before(i)``; a `Record` after each."""
     if mode != "eager":
         train_step = tf.function(train_step, jit_compile=mode == "xla")
+    records = []
     for step in range(steps):
-        if feed:
-            feed(step)
-        train_step()
+        if before:
+            before(step)
+        train_step(*(args[step] if args else ()))
         records.append(
             Record(
                 [v.numpy() for v in var_list],
@@ -300,18 +307,7 @@ def test_keras_optimizers_apply_variable_constraints_too(mode):
         grads = tape.gradient(loss, var_list)
         opt.apply_gradients(zip(grads, var_list), loss=loss)
 
-    if mode != "eager":
-        train_step = tf.function(train_step, jit_compile=mode == "xla")
-    records = []
-    for _ in range(10):
-        train_step()
-        records.append(
-            Record(
-                [v.numpy() for v in var_list],
-                opt.effective_learning_rate.numpy(),
-                opt.min_loss.numpy(),
-            )
-        )
+    records = run_eagerly(mode, train_step, opt, var_list, 10)
     alpha = float(np.float32(0.15))  # Keras holds alpha in float32
     expected = reference_with(
         problem, 10, project=lambda p: np.clip(p, -0.4, 0.4), **L4ADAM, fraction=alpha
@@ -418,18 +414,7 @@ def test_a_float32_gradient_for_a_float64_variable_is_cast(mode, name):
         grads = [tf.cast(g, tf.float32) for g in tape.gradient(loss, var_list)]
         opt.apply_gradients(zip(grads, var_list), loss=tf.cast(loss, tf.float32))
 
-    if mode != "eager":
-        train_step = tf.function(train_step, jit_compile=mode == "xla")
-    records = []
-    for _ in range(20):
-        train_step()
-        records.append(
-            Record(
-                [v.numpy() for v in var_list],
-                opt.effective_learning_rate.numpy(),
-                opt.min_loss.numpy(),
-            )
-        )
+    records = run_eagerly(mode, train_step, opt, var_list, 20)
     assert all(v.dtype == tf.float64 for v in var_list)
     kwargs = dict(
         L4ADAM if name == "L4Adam" else L4MOM, fraction=float(np.float32(0.15))
@@ -496,18 +481,8 @@ def test_gradient_accumulation_steps_use_the_mean_loss(mode):
             loss = 0.5 * tf.reduce_mean(tf.reduce_sum(r * r, axis=1))
         opt.apply_gradients(zip(tape.gradient(loss, var_list), var_list), loss=loss)
 
-    if mode != "eager":
-        train_step = tf.function(train_step, jit_compile=mode == "xla")
-    records = []
-    for bx, by in batches:
-        train_step(tf.constant(bx), tf.constant(by))
-        records.append(
-            Record(
-                [v.numpy() for v in var_list],
-                opt.effective_learning_rate.numpy(),
-                opt.min_loss.numpy(),
-            )
-        )
+    args = [(tf.constant(bx), tf.constant(by)) for bx, by in batches]
+    records = run_eagerly(mode, train_step, opt, var_list, len(batches), args=args)
     assert int(opt.step_count.numpy()) == len(batches) // k
     alpha = float(np.float32(0.15))
     expected = _accumulated_reference(problem, batches, k, **L4ADAM, fraction=alpha)
