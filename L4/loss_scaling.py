@@ -7,9 +7,10 @@ hand their optimizer only S * L (``tf.compat.v1``'s
 ``MixedPrecisionLossScaleOptimizer``) or nothing at all (Keras'
 ``LossScaleOptimizer``); an L4 stepsize from S * L would be S times too large.
 
-`install_v1` and `install_keras` wrap the two wrappers' loss-scaling methods so
-that, when the optimizer inside has a ``_receive_unscaled_loss`` method (the L4
-optimizers do), it is called with L first. Other optimizers are unaffected.
+`install_v1`, `install_keras` and `install_keras2` wrap the wrappers'
+loss-scaling methods so that, when the optimizer inside has a
+``_receive_unscaled_loss`` method (the L4 optimizers do), it is called with L
+first. Other optimizers are unaffected.
 """
 
 _MARK = "_l4_hands_over_unscaled_loss"
@@ -61,3 +62,33 @@ def install_keras():
 
     setattr(scale_loss, _MARK, True)
     cls.scale_loss = scale_loss
+
+
+def install_keras2():
+    """Wraps Keras 2's ``LossScaleOptimizerV3.get_scaled_loss`` (``tf.keras`` on
+    TF <= 2.15, ``tf_keras``), which ``compute_gradients`` calls before the
+    inner optimizer's ``compute_gradients`` sees the scaled loss."""
+    import sys
+
+    import tensorflow as tf
+
+    module = sys.modules[tf.keras.mixed_precision.LossScaleOptimizer.__module__]
+    cls = module.LossScaleOptimizerV3
+    original = cls.get_scaled_loss
+    if getattr(original, _MARK, False):
+        return
+
+    def get_scaled_loss(self, loss):
+        if not callable(loss):
+            _hand_over(self.inner_optimizer, loss)
+            return original(self, loss)
+
+        def unscaled_loss():
+            value = loss()
+            _hand_over(self.inner_optimizer, value)
+            return value
+
+        return original(self, unscaled_loss)
+
+    setattr(get_scaled_loss, _MARK, True)
+    cls.get_scaled_loss = get_scaled_loss

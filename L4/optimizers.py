@@ -21,7 +21,9 @@ _EFFECTIVE_LR = "effective_learning_rate"
 _HOW_TO_PASS_LOSS = (
     "Pass it: `opt.apply_gradients(grads_and_vars, loss=loss)`, or get the "
     "gradients from `opt.compute_gradients(loss)` or `opt.minimize(loss)` on "
-    "this optimizer, which remember the loss for the next `apply_gradients`."
+    "this optimizer, which remember the loss for the next `apply_gradients`. "
+    "With Keras' `model.fit`, use the `L4.compat` optimizers, which Keras hands "
+    "each batch's loss."
 )
 
 

@@ -8,16 +8,11 @@ t, L_min and the last eta as scalars) and compute each step with
 import keras
 import tensorflow as tf
 
-from L4 import config, fused, loss_scaling
+from L4 import config, loss_scaling
 from L4 import rule as l4_rule
+from L4.compat import keras_step
 
 loss_scaling.install_keras()
-
-_HOW_TO_PASS_LOSS = (
-    "In a custom training loop, pass it: "
-    "`opt.apply_gradients(zip(grads, variables), loss=loss)`. "
-    "`model.fit` passes it through `opt.scale_loss(loss)`."
-)
 
 
 @keras.saving.register_keras_serializable(package="L4")
@@ -107,16 +102,8 @@ class L4General(keras.optimizers.Optimizer):
         name=None,
         **kwargs,
     ):
-        if kwargs.get("weight_decay") is not None:
-            raise ValueError(
-                "L4 does not support Keras' `weight_decay` (Keras would scale it "
-                "by `fraction`); add a regularization loss instead. "
-                f"Received: weight_decay={kwargs['weight_decay']!r}"
-            )
-        kwargs.pop("weight_decay", None)
-        if not callable(fraction):
-            fraction = config.check_fraction(fraction)
-        rule = config.make_rule(
+        fraction, rule, estimators = keras_step.check_arguments(
+            fraction,
             minloss_factor,
             init_factor,
             minloss_forget_time,
@@ -127,17 +114,13 @@ class L4General(keras.optimizers.Optimizer):
             direction_params,
             loss_lower_bound,
             max_effective_learning_rate,
+            kwargs,
         )
         # name=None: Keras names it as its own optimizers (l4_adam, l4_adam_1, ...).
         super().__init__(learning_rate=fraction, name=name, **kwargs)
         self._rule = rule
         self._layout = rule.layout
-        self._estimator_config = dict(
-            gradient_estimator=gradient_estimator,
-            gradient_params=gradient_params,
-            direction_estimator=direction_estimator,
-            direction_params=direction_params,
-        )
+        self._estimator_config = estimators
         self._remembered_loss = None
         self._step_loss = None
         self._step = self._min_loss = self._effective_lr = self._skipped = None
@@ -168,7 +151,9 @@ class L4General(keras.optimizers.Optimizer):
 
     def _take_loss(self):
         loss, self._remembered_loss = self._remembered_loss, None
-        return config.check_loss(loss, _HOW_TO_PASS_LOSS, self._rule.loss_lower_bound)
+        return config.check_loss(
+            loss, keras_step.HOW_TO_PASS_LOSS, self._rule.loss_lower_bound
+        )
 
     # -- State ---------------------------------------------------------------
 
@@ -258,46 +243,9 @@ class L4General(keras.optimizers.Optimizer):
         moments = [
             self._moments[self._get_variable_index(v)] for v in trainable_variables
         ]
-        values = [
-            [tf.convert_to_tensor(m) for m in var_moments] for var_moments in moments
-        ]
-        grads = [
-            l4_rule.dense_gradient(g, v) for g, v in zip(grads, trainable_variables)
-        ]
-        result = l4_rule.l4_step(
-            self._rule,
-            learning_rate,
-            loss,
-            grads=grads,
-            moments=values,
-            state=l4_rule.State(
-                tf.convert_to_tensor(self._step),
-                tf.convert_to_tensor(self._min_loss),
-                tf.convert_to_tensor(self._skipped),
-            ),
+        keras_step.apply_step(
+            self, grads, trainable_variables, moments, learning_rate, loss, self.assign
         )
-
-        def assign_state(state, eta):
-            self.assign(self._step, state.step)
-            self.assign(self._skipped, state.skipped)
-            self.assign(self._min_loss, state.min_loss)
-            self.assign(self._effective_lr, eta)
-
-        def take_step():
-            for i, (var, var_moments, grad) in enumerate(
-                zip(trainable_variables, moments, grads)
-            ):
-                fused.apply_update(result, i, var, var_moments, grad, self.assign)
-            assign_state(result.state, result.effective_learning_rate)
-
-        def skip_step():
-            assign_state(result.skipped_state, result.effective_learning_rate)
-
-        if l4_rule.selection_is_cheaper(result):
-            result = l4_rule.select_taken(result, values)
-            take_step()
-        else:
-            tf.cond(result.ok, take_step, skip_step)
 
     def update_step(self, gradient, variable, learning_rate):
         raise NotImplementedError(
@@ -310,15 +258,7 @@ class L4General(keras.optimizers.Optimizer):
         cfg = super().get_config()
         cfg["fraction"] = cfg.pop("learning_rate")
         cfg.pop("weight_decay", None)
-        cfg.update(
-            minloss_factor=self._rule.minloss_factor,
-            init_factor=self._rule.init_factor,
-            minloss_forget_time=self._rule.minloss_forget_time,
-            epsilon=self._rule.epsilon,
-            loss_lower_bound=self._rule.loss_lower_bound,
-            max_effective_learning_rate=self._rule.max_effective_learning_rate,
-            **self._estimator_config,
-        )
+        cfg.update(keras_step.rule_config(self._rule, self._estimator_config))
         return cfg
 
     @classmethod

@@ -59,6 +59,12 @@ def test_every_keras_calling_form_gives_the_same_numbers(mode, form):
     assert_records_close(actual, expected, tf.float64)
 
 
+def test_the_keras_3_classes_are_served():
+    """TensorFlow's Keras is Keras 3 here (test_keras2.py covers Keras 2)."""
+    assert L4.compat.L4Adam.__module__ == "L4.compat.optimizers"
+    assert isinstance(L4.compat.L4Adam(), keras.optimizers.Optimizer)
+
+
 def test_apply_gradients_without_a_loss_says_how_to_pass_it():
     w = tf.Variable([1.0, 2.0])
     with pytest.raises(ValueError, match=r"loss=loss\)"):

@@ -53,19 +53,6 @@ def test_readme_starts_with_the_two_set_up_commands():
 
 
 @pytest.mark.subprocess
-def test_compat_on_keras_2_says_what_works_instead():
-    """TF_USE_LEGACY_KERAS=1 makes TensorFlow's Keras Keras 2, as TF <= 2.15 does."""
-    code = "import L4; import L4.compat"
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True
-    )
-    assert result.returncode != 0
-    assert "ImportError: L4.compat serves Keras 3" in result.stderr, result.stderr
-    assert "L4.L4Adam, L4.L4Mom and L4.L4General work with it" in result.stderr
-
-
-@pytest.mark.subprocess
 def test_importing_l4_imports_no_keras():
     code = (
         "import sys, tensorflow\n"

@@ -1,0 +1,300 @@
+"""L4 as Keras 2 optimizers: ``tf.keras`` on TensorFlow 2.12 to 2.15, and
+``tf_keras`` on 2.16 and later with ``TF_USE_LEGACY_KERAS=1``.
+
+The same classes, arguments and rule as the Keras 3 ones (`L4.compat.optimizers`);
+Keras 2's trainer calls ``optimizer.minimize(loss, variables, tape=tape)``,
+so `compute_gradients` remembers the loss for the step.
+"""
+
+import tensorflow as tf
+
+from L4 import config, loss_scaling
+from L4 import rule as l4_rule
+from L4.compat import keras_step
+
+keras = tf.keras  # Keras 2 here: TensorFlow's rule chose it (see L4.compat)
+loss_scaling.install_keras2()
+
+
+def _assign(variable, value):
+    variable.assign(value)
+
+
+@keras.utils.register_keras_serializable(package="L4")
+class L4General(keras.optimizers.Optimizer):
+    """L4 stepsize adaptation, as a Keras 2 optimizer.
+
+    At each step, with loss ``L``, the update direction ``v`` and the gradient
+    estimate ``g`` (bias-corrected EMAs of the gradient):
+
+        L_min = gamma0 * L at the first step, else min(L_min, L)
+        eta   = alpha * (L - gamma * L_min) / (<v, g> + epsilon)
+        theta <- theta - eta * v
+        L_min <- (1 + 1/tau) * L_min
+
+    ``model.fit`` hands each batch's loss to the optimizer through `minimize`;
+    custom loops pass it to `apply_gradients` as ``loss=``. The arguments are
+    those of the Keras 3 ``L4.compat.L4General``; ``fraction`` is Keras'
+    learning rate, and the name defaults to the class name, as Keras 2's own
+    optimizers'.
+    """
+
+    def __init__(
+        self,
+        fraction=config.FRACTION,
+        minloss_factor=config.MINLOSS_FACTOR,
+        init_factor=config.INIT_FACTOR,
+        minloss_forget_time=config.MINLOSS_FORGET_TIME,
+        epsilon=config.EPSILON,
+        gradient_estimator="momentum",
+        gradient_params=None,
+        direction_estimator="adam",
+        direction_params=None,
+        *,
+        loss_lower_bound=0.0,
+        max_effective_learning_rate=None,
+        name=None,
+        **kwargs,
+    ):
+        fraction, rule, estimators = keras_step.check_arguments(
+            fraction,
+            minloss_factor,
+            init_factor,
+            minloss_forget_time,
+            epsilon,
+            gradient_estimator,
+            gradient_params,
+            direction_estimator,
+            direction_params,
+            loss_lower_bound,
+            max_effective_learning_rate,
+            kwargs,
+        )
+        super().__init__(name=name or type(self).__name__, **kwargs)
+        self._learning_rate = self._build_learning_rate(fraction)
+        self._rule = rule
+        self._layout = rule.layout
+        self._estimator_config = estimators
+        self._remembered_loss = None
+        self._unscaled_loss = None
+        self._step = self._min_loss = self._effective_lr = self._skipped = None
+
+    # -- The loss ----------------------------------------------------------
+
+    def compute_gradients(self, loss, var_list, tape=None):
+        """As Keras 2's; remembers ``loss`` (its value, if callable) for the step."""
+        if callable(loss):
+            values = []
+
+            def loss_fn():
+                values.append(loss())
+                return values[-1]
+
+            grads_and_vars = super().compute_gradients(loss_fn, var_list, tape)
+            loss = values[-1]
+        else:
+            grads_and_vars = super().compute_gradients(loss, var_list, tape)
+        # Under a LossScaleOptimizer, ``loss`` is scaled; the wrapper handed
+        # over the true one (see L4.loss_scaling).
+        unscaled, self._unscaled_loss = self._unscaled_loss, None
+        self._remembered_loss = loss if unscaled is None else unscaled
+        return grads_and_vars
+
+    def _receive_unscaled_loss(self, loss):
+        self._unscaled_loss = loss
+
+    def apply_gradients(self, grads_and_vars, name=None, loss=None, **kwargs):
+        """Applies one L4 step. ``loss`` is this step's loss (a scalar)."""
+        if loss is not None:
+            self._remembered_loss = loss
+        return super().apply_gradients(grads_and_vars, name=name, **kwargs)
+
+    def _take_loss(self):
+        loss, self._remembered_loss = self._remembered_loss, None
+        return config.check_loss(
+            loss, keras_step.HOW_TO_PASS_LOSS, self._rule.loss_lower_bound
+        )
+
+    # -- State ---------------------------------------------------------------
+
+    def build(self, var_list):
+        super().build(var_list)
+        if getattr(self, "_built", False):
+            return
+        self._built = True
+        dtype = l4_rule.scalar_dtype(tf.float32, [v.dtype for v in var_list])
+        self._step = self.add_variable((), tf.int64, name="l4_step")
+        self._skipped = self.add_variable((), tf.int64, name="skipped_steps")
+        self._min_loss = self.add_variable((), dtype, name="min_loss")
+        self._effective_lr = self.add_variable(
+            (), dtype, name="effective_learning_rate"
+        )
+        # EMAs of half-precision variables are float32, so not "from reference".
+        self._moments = [
+            [
+                self.add_variable(
+                    var.shape,
+                    l4_rule.compute_dtype(var.dtype),
+                    name=f"{slot}/{var._shared_name}",
+                )
+                for slot in self._layout.names
+            ]
+            for var in var_list
+        ]
+
+    @property
+    def fraction(self):
+        """alpha: the same as ``learning_rate``."""
+        return self.learning_rate
+
+    @property
+    def min_loss(self):
+        """The variable holding L_min (`None` before the optimizer is built)."""
+        return self._min_loss
+
+    @property
+    def effective_learning_rate(self):
+        """The variable holding the last step's eta (`None` before it is built)."""
+        return self._effective_lr
+
+    @property
+    def step_count(self):
+        """The variable holding L4's own step count t (`None` before it is built)."""
+        return self._step
+
+    @property
+    def skipped_steps(self):
+        """The variable counting steps skipped for a non-finite loss or update."""
+        return self._skipped
+
+    # -- The step ------------------------------------------------------------
+
+    def _internal_apply_gradients(self, grads_and_vars):
+        # L4's stepsize needs every gradient at once: the whole step here,
+        # instead of variable by variable in `update_step`.
+        if tf.distribute.has_strategy():
+            raise NotImplementedError(
+                "L4.compat optimizers do not support tf.distribute strategies yet."
+            )
+        loss = self._take_loss()
+        grads, variables = zip(*grads_and_vars)
+        moments = [self._moments[self._index_dict[self._var_key(v)]] for v in variables]
+        keras_step.apply_step(
+            self, grads, variables, moments, self.learning_rate, loss, _assign
+        )
+        if self.use_ema:
+            self._update_model_variables_moving_average(variables)
+            if self.ema_overwrite_frequency:
+                overwrite = (self.iterations + 1) % self.ema_overwrite_frequency == 0
+                tf.cond(
+                    overwrite,
+                    lambda: self._overwrite_model_variables_with_average_value(
+                        variables
+                    ),
+                    lambda: None,
+                )
+        return self.iterations.assign_add(1)
+
+    def update_step(self, gradient, variable):
+        raise NotImplementedError(
+            "L4 updates all variables at once; see _internal_apply_gradients"
+        )
+
+    # -- Serialization -------------------------------------------------------
+
+    def get_config(self):
+        cfg = super().get_config()
+        cfg.pop("weight_decay", None)
+        cfg["fraction"] = self._serialize_hyperparameter(self._learning_rate)
+        cfg.update(keras_step.rule_config(self._rule, self._estimator_config))
+        return cfg
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        if isinstance(config.get("fraction"), dict):
+            config["fraction"] = keras.optimizers.schedules.deserialize(
+                config["fraction"], custom_objects=custom_objects
+            )
+        return cls(**config)
+
+
+@keras.utils.register_keras_serializable(package="L4")
+class L4Adam(L4General):
+    """L4 on Adam's direction, with a momentum gradient estimate, for Keras 2.
+
+    See `L4General`; ``adam_params`` takes ``time_scale_grad`` (10.0),
+    ``time_scale_var`` (1000.0) and ``epsilon`` (eps_a, 1e-4).
+    """
+
+    def __init__(
+        self,
+        fraction=config.FRACTION,
+        minloss_factor=config.MINLOSS_FACTOR,
+        init_factor=config.INIT_FACTOR,
+        minloss_forget_time=config.MINLOSS_FORGET_TIME,
+        epsilon=config.EPSILON,
+        adam_params=None,
+        **kwargs,
+    ):
+        super().__init__(
+            fraction,
+            minloss_factor,
+            init_factor,
+            minloss_forget_time,
+            epsilon,
+            gradient_estimator="momentum",
+            direction_estimator="adam",
+            direction_params=adam_params,
+            **kwargs,
+        )
+        self._estimator_config = dict(adam_params=adam_params)
+
+
+@keras.utils.register_keras_serializable(package="L4")
+class L4Mom(L4General):
+    """L4 on momentum SGD, for Keras 2. See `L4General`; ``mom_params`` takes
+    ``time_momentum`` (10.0) for the direction."""
+
+    def __init__(
+        self,
+        fraction=config.FRACTION,
+        minloss_factor=config.MINLOSS_FACTOR,
+        init_factor=config.INIT_FACTOR,
+        minloss_forget_time=config.MINLOSS_FORGET_TIME,
+        epsilon=config.EPSILON,
+        mom_params=None,
+        **kwargs,
+    ):
+        super().__init__(
+            fraction,
+            minloss_factor,
+            init_factor,
+            minloss_forget_time,
+            epsilon,
+            gradient_estimator="momentum",
+            direction_estimator="momentum",
+            direction_params=mom_params,
+            **kwargs,
+        )
+        self._estimator_config = dict(mom_params=mom_params)
+
+
+class LogL4(keras.callbacks.Callback):
+    """Adds L4's last ``effective_learning_rate`` and ``min_loss`` to ``fit``'s logs."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._add(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._add(logs)
+
+    def _add(self, logs):
+        opt = self.model.optimizer
+        opt = getattr(opt, "inner_optimizer", opt)  # under a LossScaleOptimizer
+        if (
+            logs is not None
+            and getattr(opt, "effective_learning_rate", None) is not None
+        ):
+            logs["effective_learning_rate"] = float(opt.effective_learning_rate.numpy())
+            logs["min_loss"] = float(opt.min_loss.numpy())

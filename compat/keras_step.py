@@ -1,0 +1,119 @@
+"""What L4's Keras 3 and Keras 2 optimizers share: arguments, the step, the config.
+
+Each front end keeps L4's state in its Keras' optimizer variables; this module
+checks the arguments, runs one `L4.rule.l4_step` over all variables and writes
+its result back, with the front end's own ``assign``.
+"""
+
+import tensorflow as tf
+
+from L4 import config, fused
+from L4 import rule as l4_rule
+
+HOW_TO_PASS_LOSS = (
+    "In a custom training loop, pass it: "
+    "`opt.apply_gradients(zip(grads, variables), loss=loss)`. "
+    "`model.fit` passes it to the optimizer itself."
+)
+
+
+def check_arguments(
+    fraction,
+    minloss_factor,
+    init_factor,
+    minloss_forget_time,
+    epsilon,
+    gradient_estimator,
+    gradient_params,
+    direction_estimator,
+    direction_params,
+    loss_lower_bound,
+    max_effective_learning_rate,
+    kwargs,
+):
+    """Checks ``L4General``'s arguments; returns ``fraction``, the `Rule` and the
+    estimator arguments to serialize. Removes ``weight_decay`` from ``kwargs``."""
+    if kwargs.get("weight_decay") is not None:
+        raise ValueError(
+            "L4 does not support Keras' `weight_decay` (Keras would scale it "
+            "by `fraction`); add a regularization loss instead. "
+            f"Received: weight_decay={kwargs['weight_decay']!r}"
+        )
+    kwargs.pop("weight_decay", None)
+    if not callable(fraction):  # a schedule is checked by Keras
+        fraction = config.check_fraction(fraction)
+    rule = config.make_rule(
+        minloss_factor,
+        init_factor,
+        minloss_forget_time,
+        epsilon,
+        gradient_estimator,
+        gradient_params,
+        direction_estimator,
+        direction_params,
+        loss_lower_bound,
+        max_effective_learning_rate,
+    )
+    estimators = dict(
+        gradient_estimator=gradient_estimator,
+        gradient_params=gradient_params,
+        direction_estimator=direction_estimator,
+        direction_params=direction_params,
+    )
+    return fraction, rule, estimators
+
+
+def rule_config(rule, estimators):
+    """The config entries of L4's own arguments (``fraction`` aside)."""
+    return dict(
+        minloss_factor=rule.minloss_factor,
+        init_factor=rule.init_factor,
+        minloss_forget_time=rule.minloss_forget_time,
+        epsilon=rule.epsilon,
+        loss_lower_bound=rule.loss_lower_bound,
+        max_effective_learning_rate=rule.max_effective_learning_rate,
+        **estimators,
+    )
+
+
+def apply_step(opt, grads, variables, moments, learning_rate, loss, assign):
+    """One L4 step of the Keras optimizer ``opt`` on all ``variables``.
+
+    ``moments[i]`` are variable i's EMA variables, ``opt._step``,
+    ``opt._skipped``, ``opt._min_loss`` and ``opt._effective_lr`` the scalar
+    state, and ``assign(variable, value)`` writes one.
+    """
+    values = [[tf.convert_to_tensor(m) for m in ms] for ms in moments]
+    grads = [l4_rule.dense_gradient(g, v) for g, v in zip(grads, variables)]
+    result = l4_rule.l4_step(
+        opt._rule,
+        learning_rate,
+        loss,
+        grads=grads,
+        moments=values,
+        state=l4_rule.State(
+            tf.convert_to_tensor(opt._step),
+            tf.convert_to_tensor(opt._min_loss),
+            tf.convert_to_tensor(opt._skipped),
+        ),
+    )
+
+    def assign_state(state, eta):
+        assign(opt._step, state.step)
+        assign(opt._skipped, state.skipped)
+        assign(opt._min_loss, state.min_loss)
+        assign(opt._effective_lr, eta)
+
+    def take_step():
+        for i, (var, var_moments, grad) in enumerate(zip(variables, moments, grads)):
+            fused.apply_update(result, i, var, var_moments, grad, assign)
+        assign_state(result.state, result.effective_learning_rate)
+
+    def skip_step():
+        assign_state(result.skipped_state, result.effective_learning_rate)
+
+    if l4_rule.selection_is_cheaper(result):
+        result = l4_rule.select_taken(result, values)
+        take_step()
+    else:
+        tf.cond(result.ok, take_step, skip_step)
