@@ -280,21 +280,5 @@ class L4Mom(L4General):
         self._estimator_config = dict(mom_params=mom_params)
 
 
-class LogL4(keras.callbacks.Callback):
+class LogL4(keras_step.LogL4Mixin, keras.callbacks.Callback):
     """Adds L4's last ``effective_learning_rate`` and ``min_loss`` to ``fit``'s logs."""
-
-    def on_train_batch_end(self, batch, logs=None):
-        self._add(logs)
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._add(logs)
-
-    def _add(self, logs):
-        opt = self.model.optimizer
-        opt = getattr(opt, "inner_optimizer", opt)  # under a LossScaleOptimizer
-        if (
-            logs is not None
-            and getattr(opt, "effective_learning_rate", None) is not None
-        ):
-            logs["effective_learning_rate"] = float(opt.effective_learning_rate.numpy())
-            logs["min_loss"] = float(opt.min_loss.numpy())

@@ -117,3 +117,24 @@ def apply_step(opt, grads, variables, moments, learning_rate, loss, assign):
         take_step()
     else:
         tf.cond(result.ok, take_step, skip_step)
+
+
+class LogL4Mixin:
+    """Adds L4's last ``effective_learning_rate`` and ``min_loss`` to ``fit``'s
+    logs; each front end mixes it into its Keras' ``Callback`` as ``LogL4``."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._add(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._add(logs)
+
+    def _add(self, logs):
+        opt = self.model.optimizer
+        opt = getattr(opt, "inner_optimizer", opt)  # under a LossScaleOptimizer
+        if (
+            logs is not None
+            and getattr(opt, "effective_learning_rate", None) is not None
+        ):
+            logs["effective_learning_rate"] = float(opt.effective_learning_rate.numpy())
+            logs["min_loss"] = float(opt.min_loss.numpy())

@@ -224,10 +224,19 @@ def test_reduce_lr_on_plateau_and_schedules_act_on_fraction():
     plateau = keras.callbacks.ReduceLROnPlateau(
         monitor="loss", factor=0.5, patience=0, min_delta=1e9, min_lr=0.0
     )
-    model.fit(
-        problem.x, problem.y, batch_size=32, epochs=3, verbose=0, callbacks=[plateau]
+    history = model.fit(
+        problem.x,
+        problem.y,
+        batch_size=32,
+        epochs=3,
+        verbose=0,
+        callbacks=[plateau, L4.compat.LogL4()],
     )
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.0375)
+    etas = history.history["effective_learning_rate"]
+    assert len(etas) == 3 and etas[-1] == pytest.approx(
+        float(model.optimizer.effective_learning_rate.numpy())
+    )
     schedule = keras.optimizers.schedules.ExponentialDecay(0.3, 5, 0.5)
     opt = L4.compat.L4Mom(fraction=schedule)
     clone = type(opt).from_config(opt.get_config())
