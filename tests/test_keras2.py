@@ -1,8 +1,6 @@
 """L4.compat on Keras 2: ``tf.keras`` of TensorFlow 2.12 to 2.15, and ``tf_keras``
 with ``TF_USE_LEGACY_KERAS=1`` on 2.16 and later (tox: tf212-*, tf215-*, tfkeras)."""
 
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -285,8 +283,3 @@ def test_a_v1_optimizer_in_keras_2_fit_points_to_l4_compat():
     model.compile(optimizer=L4.L4Adam(), loss=half_squared_error)
     with pytest.raises(ValueError, match=r"use the `L4.compat` optimizers"):
         model.fit(problem.x, problem.y, batch_size=16, epochs=1, verbose=0)
-
-
-def test_keras_2_is_what_tensorflow_chose():
-    major, minor = (int(p) for p in tf.__version__.split(".")[:2])
-    assert (major, minor) < (2, 16) or os.environ.get("TF_USE_LEGACY_KERAS") == "1"
