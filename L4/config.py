@@ -176,6 +176,15 @@ def make_rule(
     )
 
 
+def check_callable(name, value):
+    """``value``, which must be `None` or callable."""
+    if value is not None and not callable(value):
+        raise TypeError(
+            f"`{name}` must be callable or None. Received: {name}={value!r}"
+        )
+    return value
+
+
 def check_fraction(fraction, dynamic=False):
     """alpha must be a positive, finite number (or, with ``dynamic``, a tensor,
     variable or callable)."""

@@ -13,14 +13,15 @@ import tensorflow as tf
 from L4 import rule as l4_rule
 
 
-def _tf_variable(var):
+def tf_variable(var):
+    """The tf.Variable of a ref, resource or Keras variable."""
     # A Keras variable wraps a tf.Variable.
     return var if isinstance(var, tf.Variable) else var.value
 
 
 def apply_descent(var, alpha, delta, use_locking=False):
     """``var -= alpha * delta``; ``var`` is a ref, resource or Keras variable."""
-    var = _tf_variable(var)
+    var = tf_variable(var)
     dtype = var.dtype.base_dtype
     if dtype in (tf.float16, tf.bfloat16):
         # alpha alone may not fit a half type when alpha * delta does.
@@ -42,7 +43,7 @@ def apply_descent(var, alpha, delta, use_locking=False):
 def apply_adam(var, m, v, grad, kernel: l4_rule.AdamKernel, use_locking=False):
     """TensorFlow's Adam kernel on ``var`` and its EMAs ``m``, ``v`` (all of
     one dtype, that of ``grad`` and of ``kernel``'s scalars)."""
-    var, m, v = (_tf_variable(x) for x in (var, m, v))
+    var, m, v = (tf_variable(x) for x in (var, m, v))
     scalars = kernel._asdict()
     if hasattr(var, "handle"):
         return tf.raw_ops.ResourceApplyAdam(

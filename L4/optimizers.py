@@ -8,7 +8,7 @@ eta in non-slot variables, one set per graph) and compute each step with
 import numpy as np
 import tensorflow as tf
 
-from L4 import config, fused, loss_scaling
+from L4 import config, distribute, fused, loss_scaling
 from L4 import rule as l4_rule
 
 loss_scaling.install_v1()
@@ -87,6 +87,12 @@ class L4General(tf.compat.v1.train.Optimizer):
             ``InvalidArgumentError``. Keyword-only. Defaults to `0.0`.
         max_effective_learning_rate: a cap on eta, for runs that diverge.
             Keyword-only. Defaults to `None` (no cap, as in the paper).
+        reduce_loss: a callable that maps this process' loss to the loss of
+            the whole batch across processes, for data-parallel training
+            outside `tf.distribute`: with Horovod, ``hvd.allreduce`` (the mean,
+            as Horovod averages the gradients). Keyword-only. Defaults to
+            `None`. (Under a `tf.distribute` strategy L4 sums the replicas'
+            losses itself.)
         use_locking: if `True`, use locks for the update operations.
             Keyword-only. Defaults to `False`.
         name: prefix of the operations and slot variables. Defaults to the
@@ -118,6 +124,7 @@ class L4General(tf.compat.v1.train.Optimizer):
         *,
         loss_lower_bound=0.0,
         max_effective_learning_rate=None,
+        reduce_loss=None,
         use_locking=False,
         name=None,
     ):
@@ -137,8 +144,9 @@ class L4General(tf.compat.v1.train.Optimizer):
             dynamic=True,
         )
         self._layout = self._rule.layout
-        self._remembered_loss = None
-        self._unscaled_loss = None
+        self._reduce_loss = config.check_callable("reduce_loss", reduce_loss)
+        self._remembered_loss = distribute.PerReplica()
+        self._unscaled_loss = distribute.PerReplica()
 
     # -- The loss ----------------------------------------------------------
 
@@ -183,18 +191,25 @@ class L4General(tf.compat.v1.train.Optimizer):
             )
         # Under a loss-scale wrapper, ``loss`` is scaled; the wrapper handed
         # over the true one (see L4.loss_scaling).
-        unscaled, self._unscaled_loss = self._unscaled_loss, None
-        self._remembered_loss = loss if unscaled is None else unscaled
+        unscaled = self._unscaled_loss.take()
+        loss = loss if unscaled is None else unscaled
+        if tf.distribute.has_strategy():
+            # Scaled as TensorFlow scaled it for the gradients, so that the
+            # replicas' shares sum to the loss of the whole batch.
+            loss = self._scale_loss(loss)
+        self._remembered_loss.put(loss)
         return grads_and_vars
 
     def _receive_unscaled_loss(self, loss):
-        self._unscaled_loss = loss
+        self._unscaled_loss.put(loss)
 
     def _take_loss(self, loss):
-        """The loss for this step: the one given, else the remembered one."""
-        if loss is None:
-            loss = self._remembered_loss
-        self._remembered_loss = None
+        """The loss of the whole batch for this step: the one given, else the
+        remembered one (see `L4.distribute.global_loss`)."""
+        remembered = self._remembered_loss.take()
+        loss = distribute.global_loss(
+            remembered if loss is None else loss, self._reduce_loss
+        )
         return config.check_loss(loss, _HOW_TO_PASS_LOSS, self._rule.loss_lower_bound)
 
     # -- State ---------------------------------------------------------------
@@ -264,15 +279,26 @@ class L4General(tf.compat.v1.train.Optimizer):
             (`None` in eager mode).
         """
         loss, global_step, name = _split_positional(args, loss, global_step, name)
-        if tf.distribute.has_strategy():
-            raise NotImplementedError(
-                "L4.L4General does not support tf.distribute strategies yet."
-            )
         loss = self._take_loss(loss)
         pairs = _dense_gradients(grads_and_vars)
+        variables = [v for _, v in pairs]
+        dtype = l4_rule.scalar_dtype(
+            loss.dtype, [v.dtype.base_dtype for v in variables]
+        )
+        # Under a strategy: the gradients summed over the replicas, as
+        # TensorFlow's optimizers sum them, then one step for all of them.
+        grads = distribute.sum_over_replicas([g for g, _ in pairs])
+        return distribute.merge(
+            lambda grads, loss: self._apply(
+                list(zip(grads, variables)), loss, dtype, global_step, name
+            ),
+            grads,
+            loss,
+        )
+
+    def _apply(self, pairs, loss, dtype, global_step, name):
         var_list = [v for _, v in pairs]
-        dtype = l4_rule.scalar_dtype(loss.dtype, [v.dtype.base_dtype for v in var_list])
-        with tf.init_scope():
+        with tf.init_scope(), tf.distribute.get_strategy().scope():
             self._create_slots(var_list)
             self._create_state(var_list, dtype)
         graph_mode = not tf.compat.v1.executing_eagerly_outside_functions()
@@ -280,7 +306,14 @@ class L4General(tf.compat.v1.train.Optimizer):
             global_step = _graph_global_step()
 
         with tf.compat.v1.name_scope(name, self._name) as scope:
-            train_op = self._apply_step(loss, pairs, graph_mode)
+            train_op = distribute.on_each_device(
+                lambda grads, loss: self._apply_step(
+                    loss, list(zip(grads, var_list)), graph_mode
+                ),
+                self._state_variable(_STEP),
+                [g for g, _ in pairs],
+                loss,
+            )
             if global_step is not None:
                 with tf.control_dependencies([train_op]):
                     one = tf.constant(1, global_step.dtype.base_dtype)

@@ -8,7 +8,7 @@ so `compute_gradients` remembers the loss for the step.
 
 import tensorflow as tf
 
-from L4 import config, loss_scaling
+from L4 import config, distribute, loss_scaling
 from L4 import rule as l4_rule
 from L4.compat import keras_step
 
@@ -53,6 +53,7 @@ class L4General(keras.optimizers.Optimizer):
         *,
         loss_lower_bound=0.0,
         max_effective_learning_rate=None,
+        reduce_loss=None,
         name=None,
         **kwargs,
     ):
@@ -75,8 +76,9 @@ class L4General(keras.optimizers.Optimizer):
         self._rule = rule
         self._layout = rule.layout
         self._estimator_config = estimators
-        self._remembered_loss = None
-        self._unscaled_loss = None
+        self._reduce_loss = config.check_callable("reduce_loss", reduce_loss)
+        self._remembered_loss = distribute.PerReplica()
+        self._unscaled_loss = distribute.PerReplica()
         self._step = self._min_loss = self._effective_lr = self._skipped = None
 
     # -- The loss ----------------------------------------------------------
@@ -96,24 +98,18 @@ class L4General(keras.optimizers.Optimizer):
             grads_and_vars = super().compute_gradients(loss, var_list, tape)
         # Under a LossScaleOptimizer, ``loss`` is scaled; the wrapper handed
         # over the true one (see L4.loss_scaling).
-        unscaled, self._unscaled_loss = self._unscaled_loss, None
-        self._remembered_loss = loss if unscaled is None else unscaled
+        unscaled = self._unscaled_loss.take()
+        self._remembered_loss.put(loss if unscaled is None else unscaled)
         return grads_and_vars
 
     def _receive_unscaled_loss(self, loss):
-        self._unscaled_loss = loss
+        self._unscaled_loss.put(loss)
 
     def apply_gradients(self, grads_and_vars, name=None, loss=None, **kwargs):
         """Applies one L4 step. ``loss`` is this step's loss (a scalar)."""
         if loss is not None:
-            self._remembered_loss = loss
+            self._remembered_loss.put(loss)
         return super().apply_gradients(grads_and_vars, name=name, **kwargs)
-
-    def _take_loss(self):
-        loss, self._remembered_loss = self._remembered_loss, None
-        return config.check_loss(
-            loss, keras_step.HOW_TO_PASS_LOSS, self._rule.loss_lower_bound
-        )
 
     # -- State ---------------------------------------------------------------
 
@@ -172,16 +168,18 @@ class L4General(keras.optimizers.Optimizer):
     def _internal_apply_gradients(self, grads_and_vars):
         # L4's stepsize needs every gradient at once: the whole step here,
         # instead of variable by variable in `update_step`.
-        if tf.distribute.has_strategy():
-            raise NotImplementedError(
-                "L4.compat optimizers do not support tf.distribute strategies yet."
-            )
-        loss = self._take_loss()
+        # Keras 2's `apply_gradients` summed the gradients over the replicas
+        # of a strategy, if any.
+        loss = keras_step.take_loss(self)
         grads, variables = zip(*grads_and_vars)
         moments = [self._moments[self._index_dict[self._var_key(v)]] for v in variables]
         keras_step.apply_step(
             self, grads, variables, moments, self.learning_rate, loss, _assign
         )
+        return distribute.merge(lambda: self._after_step(variables))
+
+    def _after_step(self, variables):
+        # In the cross-replica context, as Keras 2 updates its averages.
         if self.use_ema:
             self._update_model_variables_moving_average(variables)
             if self.ema_overwrite_frequency:

@@ -7,7 +7,7 @@ its result back, with the front end's own ``assign``.
 
 import tensorflow as tf
 
-from L4 import config, fused
+from L4 import config, distribute, fused
 from L4 import rule as l4_rule
 
 HOW_TO_PASS_LOSS = (
@@ -76,47 +76,68 @@ def rule_config(rule, estimators):
     )
 
 
+def take_loss(opt):
+    """The loss of the whole batch for ``opt``'s step, from the loss this
+    replica remembered (see `L4.distribute.global_loss`)."""
+    loss = distribute.global_loss(opt._remembered_loss.take(), opt._reduce_loss)
+    return config.check_loss(loss, HOW_TO_PASS_LOSS, opt._rule.loss_lower_bound)
+
+
 def apply_step(opt, grads, variables, moments, learning_rate, loss, assign):
     """One L4 step of the Keras optimizer ``opt`` on all ``variables``.
 
-    ``moments[i]`` are variable i's EMA variables, ``opt._step``,
-    ``opt._skipped``, ``opt._min_loss`` and ``opt._effective_lr`` the scalar
-    state, and ``assign(variable, value)`` writes one.
+    ``grads`` are summed over the replicas of a strategy, if any, and ``loss``
+    is the loss of the whole batch. ``moments[i]`` are variable i's EMA
+    variables, ``opt._step``, ``opt._skipped``, ``opt._min_loss`` and
+    ``opt._effective_lr`` the scalar state, and ``assign(variable, value)``
+    writes one. Under a strategy, the step runs on each device's copies.
     """
-    values = [[tf.convert_to_tensor(m) for m in ms] for ms in moments]
     grads = [l4_rule.dense_gradient(g, v) for g, v in zip(grads, variables)]
-    result = l4_rule.l4_step(
-        opt._rule,
-        learning_rate,
+
+    def step(grads, learning_rate, loss):
+        values = [[tf.convert_to_tensor(m) for m in ms] for ms in moments]
+        result = l4_rule.l4_step(
+            opt._rule,
+            learning_rate,
+            loss,
+            grads=grads,
+            moments=values,
+            state=l4_rule.State(
+                tf.convert_to_tensor(opt._step),
+                tf.convert_to_tensor(opt._min_loss),
+                tf.convert_to_tensor(opt._skipped),
+            ),
+        )
+
+        def assign_state(state, eta):
+            assign(opt._step, state.step)
+            assign(opt._skipped, state.skipped)
+            assign(opt._min_loss, state.min_loss)
+            assign(opt._effective_lr, eta)
+
+        def take_step():
+            for i, (var, var_moments, grad) in enumerate(
+                zip(variables, moments, grads)
+            ):
+                fused.apply_update(result, i, var, var_moments, grad, assign)
+            assign_state(result.state, result.effective_learning_rate)
+
+        def skip_step():
+            assign_state(result.skipped_state, result.effective_learning_rate)
+
+        if l4_rule.selection_is_cheaper(result):
+            result = l4_rule.select_taken(result, values)
+            take_step()
+        else:
+            tf.cond(result.ok, take_step, skip_step)
+
+    anchor = fused.tf_variable(opt._step)
+    distribute.merge(
+        lambda *args: distribute.on_each_device(step, anchor, *args),
+        grads,
+        tf.convert_to_tensor(learning_rate),
         loss,
-        grads=grads,
-        moments=values,
-        state=l4_rule.State(
-            tf.convert_to_tensor(opt._step),
-            tf.convert_to_tensor(opt._min_loss),
-            tf.convert_to_tensor(opt._skipped),
-        ),
     )
-
-    def assign_state(state, eta):
-        assign(opt._step, state.step)
-        assign(opt._skipped, state.skipped)
-        assign(opt._min_loss, state.min_loss)
-        assign(opt._effective_lr, eta)
-
-    def take_step():
-        for i, (var, var_moments, grad) in enumerate(zip(variables, moments, grads)):
-            fused.apply_update(result, i, var, var_moments, grad, assign)
-        assign_state(result.state, result.effective_learning_rate)
-
-    def skip_step():
-        assign_state(result.skipped_state, result.effective_learning_rate)
-
-    if l4_rule.selection_is_cheaper(result):
-        result = l4_rule.select_taken(result, values)
-        take_step()
-    else:
-        tf.cond(result.ok, take_step, skip_step)
 
 
 class LogL4Mixin:

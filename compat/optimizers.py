@@ -8,7 +8,7 @@ t, L_min and the last eta as scalars) and compute each step with
 import keras
 import tensorflow as tf
 
-from L4 import config, loss_scaling
+from L4 import config, distribute, loss_scaling
 from L4 import rule as l4_rule
 from L4.compat import keras_step
 
@@ -64,6 +64,11 @@ class L4General(keras.optimizers.Optimizer):
             step is skipped). Defaults to `0.0`.
         max_effective_learning_rate: a cap on eta, for runs that diverge.
             Defaults to `None` (no cap, as in the paper).
+        reduce_loss: a callable that maps this process' loss to the loss of
+            the whole batch across processes, for data-parallel training
+            outside `tf.distribute` (Horovod: ``hvd.allreduce``). Not saved
+            with the optimizer's config. Defaults to `None`. Under a
+            `tf.distribute` strategy L4 sums the replicas' losses itself.
         name: the optimizer's name. Defaults to `None`: Keras names it as its
             own optimizers, from the class (``l4_adam``, ``l4_adam_1``, ...).
         **kwargs: Keras' common optimizer arguments (``clipnorm``,
@@ -71,7 +76,7 @@ class L4General(keras.optimizers.Optimizer):
             ``gradient_accumulation_steps``, ...). With
             ``gradient_accumulation_steps=k``, the step taken every k batches
             uses the mean loss of the k batches, as it uses their mean
-            gradient. ``weight_decay`` is not supported: Keras would scale it
+            gradient (not under a `tf.distribute` strategy). ``weight_decay`` is not supported: Keras would scale it
             by alpha.
 
     References:
@@ -99,6 +104,7 @@ class L4General(keras.optimizers.Optimizer):
         *,
         loss_lower_bound=0.0,
         max_effective_learning_rate=None,
+        reduce_loss=None,
         name=None,
         **kwargs,
     ):
@@ -121,8 +127,9 @@ class L4General(keras.optimizers.Optimizer):
         self._rule = rule
         self._layout = rule.layout
         self._estimator_config = estimators
-        self._remembered_loss = None
-        self._step_loss = None
+        self._reduce_loss = config.check_callable("reduce_loss", reduce_loss)
+        self._remembered_loss = distribute.PerReplica()
+        self._step_loss = distribute.PerReplica()
         self._step = self._min_loss = self._effective_lr = self._skipped = None
         self._accumulated_loss = None
 
@@ -130,30 +137,24 @@ class L4General(keras.optimizers.Optimizer):
 
     def scale_loss(self, loss):
         """Remembers ``loss`` for the next update; Keras' trainer calls this each step."""
-        self._remembered_loss = loss
+        self._remembered_loss.put(loss)
         return super().scale_loss(loss)
 
     def _receive_unscaled_loss(self, loss):
         # From a LossScaleOptimizer around this one (see L4.loss_scaling).
-        self._remembered_loss = loss
+        self._remembered_loss.put(loss)
 
     def apply_gradients(self, grads_and_vars, loss=None):
         """Applies one L4 step. ``loss`` is this step's loss (a scalar)."""
         if loss is not None:
-            self._remembered_loss = loss
+            self._remembered_loss.put(loss)
         return super().apply_gradients(grads_and_vars)
 
     def apply(self, grads, trainable_variables=None, loss=None):
         """As `apply_gradients`, with gradients and variables in two lists."""
         if loss is not None:
-            self._remembered_loss = loss
+            self._remembered_loss.put(loss)
         return super().apply(grads, trainable_variables)
-
-    def _take_loss(self):
-        loss, self._remembered_loss = self._remembered_loss, None
-        return config.check_loss(
-            loss, keras_step.HOW_TO_PASS_LOSS, self._rule.loss_lower_bound
-        )
 
     # -- State ---------------------------------------------------------------
 
@@ -214,19 +215,20 @@ class L4General(keras.optimizers.Optimizer):
     # -- The step ------------------------------------------------------------
 
     def _backend_apply_gradients(self, grads, trainable_variables):
-        if tf.distribute.has_strategy():
+        if self.gradient_accumulation_steps and tf.distribute.has_strategy():
             raise NotImplementedError(
-                "L4.compat optimizers do not support tf.distribute strategies yet."
+                "L4.compat optimizers do not support `gradient_accumulation_steps` "
+                "under a tf.distribute strategy."
             )
         # Taken on every batch: with gradient accumulation, the loss is
         # accumulated as the gradients are.
-        self._step_loss = self._take_loss()
+        self._step_loss.put(keras_step.take_loss(self))
         super()._backend_apply_gradients(grads, trainable_variables)
 
     def _backend_increment_gradient_accumulators(self, grads, acc_grads):
         super()._backend_increment_gradient_accumulators(grads, acc_grads)
         acc = self._accumulated_loss
-        self.assign(acc, acc + tf.cast(self._step_loss, acc.dtype))
+        self.assign(acc, acc + tf.cast(self._step_loss.get(), acc.dtype))
 
     def _backend_reset_gradient_accumulators(self):
         super()._backend_reset_gradient_accumulators()
@@ -235,13 +237,20 @@ class L4General(keras.optimizers.Optimizer):
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # L4's stepsize needs every gradient at once, so the whole step is
         # computed here instead of variable by variable in `update_step`.
-        loss = self._step_loss
+        # Read, not taken: under gradient accumulation both branches of
+        # Keras' conditional read it.
+        loss = self._step_loss.get()
         if self.gradient_accumulation_steps:
             # The mean gradient of k batches belongs to their mean loss.
             acc = self._accumulated_loss
             loss = (acc + tf.cast(loss, acc.dtype)) / self.gradient_accumulation_steps
         moments = [
             self._moments[self._get_variable_index(v)] for v in trainable_variables
+        ]
+        # Summed over the replicas of a strategy, as Keras sums them.
+        grads = [
+            g
+            for g, _ in self._all_reduce_sum_gradients(zip(grads, trainable_variables))
         ]
         keras_step.apply_step(
             self, grads, trainable_variables, moments, learning_rate, loss, self.assign

@@ -8,6 +8,7 @@ Tests that need eager execution are deselected under ``v1`` and ``graph``;
 tests marked ``graph_process`` (code that starts its own threads, which do not
 see a ``tf.Graph`` context) run only there, and tests marked ``subprocess``
 (they start processes of their own) only under ``v2``. tox runs all three.
+The CPU is split into two logical devices for tf.distribute's tests.
 """
 
 import os
@@ -19,6 +20,13 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(__file__))
 
 from harness import EAGER_MODES  # noqa: E402
+
+# Two logical CPU devices, set before TensorFlow starts: MirroredStrategy
+# runs over them (test_distribute.py); other tests place ops on the first.
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration()] * 2,
+)
 
 BEHAVIOR = os.environ.get("L4_TF_BEHAVIOR", "v2")
 if BEHAVIOR == "v1":

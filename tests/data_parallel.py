@@ -1,0 +1,133 @@
+"""Data-parallel training runs shared by test_distribute.py and the
+multi-worker processes of test_multi_worker.py."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import L4
+import L4.compat
+
+from harness import Record
+from problems import LeastSquares
+
+STEPS = 50
+
+OPTIMIZERS = {
+    ("v1", "L4Adam"): L4.L4Adam,
+    ("v1", "L4Mom"): L4.L4Mom,
+    ("keras", "L4Adam"): L4.compat.L4Adam,
+    ("keras", "L4Mom"): L4.compat.L4Mom,
+}
+# TensorFlow's own, to count the collective ops L4 adds.
+PLAIN_OPTIMIZERS = {
+    "v1": lambda: tf.compat.v1.train.GradientDescentOptimizer(0.1),
+    "keras": lambda: keras.optimizers.SGD(0.1),
+}
+
+
+def train(
+    front, name, strategy, steps, *, poison_step=None, restore=None, mode="function"
+):
+    """Trains `LeastSquares` with each replica on its share of the rows.
+
+    Each replica's loss is its share of the batch loss (the mean over the
+    whole batch), as `tf.nn.compute_average_loss` gives. At ``poison_step``
+    the last replica's rows are NaN. ``restore`` is a checkpoint path to
+    continue from. Returns a `Record` per step, the variables and the optimizer.
+    """
+    problem = LeastSquares()
+    n = len(problem.x)
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        var_list = [tf.Variable(p.astype(np.float32)) for p in problem.init]
+        opt = OPTIMIZERS[front, name]()
+        if front == "keras":
+            opt.build(var_list)
+    if restore is not None:
+        # The v1 optimizer makes its state at its first step, which then
+        # takes its values from the checkpoint (deferred restoration).
+        status = tf.train.Checkpoint(params=var_list, opt=opt).read(restore)
+        status.assert_existing_objects_matched()
+
+    def loss_share(x, y):
+        r = tf.matmul(x, var_list[0]) + var_list[1] - y
+        return 0.5 * tf.reduce_sum(r * r) / n
+
+    def share(x, y):
+        if front == "v1":
+            opt.minimize(lambda: loss_share(x, y), var_list=var_list)
+            return
+        with tf.GradientTape() as tape:
+            loss = loss_share(x, y)
+        grads = tape.gradient(loss, var_list)
+        opt.apply_gradients(zip(grads, var_list), loss=loss)
+
+    def step(x, y):
+        strategy.run(share, args=(x, y))
+
+    if mode == "function":
+        step = tf.function(step)
+    records = []
+    for k in range(steps):
+        x = problem.x.astype(np.float32)
+        if k == poison_step:
+            x = x.copy()
+            x[-n // replicas :] = np.nan
+
+        def rows(context, data):
+            i = context.replica_id_in_sync_group
+            return tf.constant(data[i * n // replicas : (i + 1) * n // replicas])
+
+        x_rows, y_rows = (
+            strategy.experimental_distribute_values_from_function(
+                lambda context, data=data: rows(context, data)
+            )
+            for data in (x, problem.y.astype(np.float32))
+        )
+        step(x_rows, y_rows)
+        records.append(
+            Record(
+                [v.numpy() for v in var_list],
+                float(opt.effective_learning_rate.numpy()),
+                float(opt.min_loss.numpy()),
+            )
+        )
+    return records, var_list, opt
+
+
+def collective_ops(function, *args):
+    """The collective ops in the graph ``function`` traces for ``args``."""
+    graph_def = function.get_concrete_function(*args).graph.as_graph_def()
+    nodes = list(graph_def.node)
+    for f in graph_def.library.function:
+        nodes += f.node_def
+    return [n.op for n in nodes if n.op.startswith("Collective")]
+
+
+def traced_step(strategy, front, make_optimizer):
+    """A `tf.function` of one step of a fresh optimizer under ``strategy``."""
+    with strategy.scope():
+        var_list = [tf.Variable(tf.ones([4, 3])), tf.Variable(tf.zeros([3]))]
+        var_list += [tf.Variable(tf.zeros([3])) for _ in range(4)]
+        opt = make_optimizer()
+        if front == "keras":
+            opt.build(var_list)
+
+    def share(x):
+        def loss_fn():
+            y = tf.matmul(x, var_list[0]) + tf.add_n(var_list[1:])
+            return tf.reduce_sum(y**2)
+
+        if front == "v1":
+            opt.minimize(loss_fn, var_list=var_list)
+        else:
+            with tf.GradientTape() as tape:
+                loss = loss_fn()
+            grads = tape.gradient(loss, var_list)
+            if isinstance(opt, L4.compat.L4General):
+                opt.apply_gradients(zip(grads, var_list), loss=loss)
+            else:
+                opt.apply_gradients(zip(grads, var_list))
+
+    return tf.function(lambda x: strategy.run(share, args=(x,)))
