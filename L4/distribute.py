@@ -46,6 +46,10 @@ def sum_over_replicas(values):
     all-reduce; ``values`` themselves outside a strategy."""
     if not tf.distribute.has_strategy():
         return values
+    # Nothing differentiates an optimizer's inputs. In v1 graphs the
+    # all-reduce's gradient function would walk back into the other replicas'
+    # graphs, and fail to find their variables by name.
+    values = tf.nest.map_structure(tf.stop_gradient, values)
     return _replica_context().all_reduce(tf.distribute.ReduceOp.SUM, values)
 
 

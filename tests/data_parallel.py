@@ -131,3 +131,52 @@ def traced_step(strategy, front, make_optimizer):
                 opt.apply_gradients(zip(grads, var_list))
 
     return tf.function(lambda x: strategy.run(share, args=(x,)))
+
+
+def train_in_session(name, strategy, steps, use_resource=None):
+    """`train` for the v1 optimizers in a tf.compat.v1 Session graph
+    (``strategy`` made in that graph); returns the final `Record` and each
+    device's copy of the variables and of L4's state."""
+    problem = LeastSquares()
+    n = len(problem.x)
+    replicas = strategy.num_replicas_in_sync
+    with strategy.scope():
+        var_list = [
+            tf.compat.v1.get_variable(
+                f"p{i}", initializer=p.astype(np.float32), use_resource=use_resource
+            )
+            for i, p in enumerate(problem.init)
+        ]
+        opt = OPTIMIZERS["v1", name]()
+
+    def share():
+        i = tf.distribute.get_replica_context().replica_id_in_sync_group
+        rows = tf.range(i * (n // replicas), (i + 1) * (n // replicas))
+        x, y = (
+            tf.gather(tf.constant(d.astype(np.float32)), rows)
+            for d in (problem.x, problem.y)
+        )
+
+        r = tf.matmul(x, var_list[0]) + var_list[1] - y
+        # A loss tensor, as TF1 code passes it (TensorFlow's v1 optimizers
+        # take a callable loss through a GradientTape, which cannot watch
+        # distributed ref variables).
+        return opt.minimize(0.5 * tf.reduce_sum(r * r) / n, var_list=var_list)
+
+    train_op = strategy.group(strategy.run(share))
+    state = [
+        opt.step_count,
+        opt.min_loss,
+        opt.effective_learning_rate,
+        opt.skipped_steps,
+    ]
+    state += [opt.get_slot(v, s) for v in var_list for s in opt.get_slot_names()]
+    with tf.compat.v1.Session() as sess:
+        sess.run(tf.compat.v1.global_variables_initializer())
+        for _ in range(steps):
+            sess.run(train_op)
+        record = Record(
+            *sess.run([var_list, opt.effective_learning_rate, opt.min_loss])
+        )
+        copies = [sess.run(list(getattr(v, "values", [v]))) for v in var_list + state]
+    return record, copies
