@@ -1,7 +1,8 @@
 """Data-parallel training runs shared by test_distribute.py and the
 multi-worker processes of test_multi_worker.py."""
 
-import keras
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -12,6 +13,9 @@ from harness import Record
 from problems import LeastSquares
 
 STEPS = 50
+# The CPU split in two logical devices (conftest.py).
+DEVICES = ["/cpu:0", "/cpu:1"]
+SAME_TRAJECTORY = dict(rtol=1e-5, atol=1e-6)
 
 OPTIMIZERS = {
     ("v1", "L4Adam"): L4.L4Adam,
@@ -19,10 +23,20 @@ OPTIMIZERS = {
     ("keras", "L4Adam"): L4.compat.L4Adam,
     ("keras", "L4Mom"): L4.compat.L4Mom,
 }
+
+
+@functools.cache
+def mirrored():
+    """One MirroredStrategy over `DEVICES` for the whole test process:
+    strategies made one after another number their collective ops alike,
+    and eager collectives of a later one can meet the earlier one's."""
+    return tf.distribute.MirroredStrategy(DEVICES)
+
+
 # TensorFlow's own, to count the collective ops L4 adds.
 PLAIN_OPTIMIZERS = {
     "v1": lambda: tf.compat.v1.train.GradientDescentOptimizer(0.1),
-    "keras": lambda: keras.optimizers.SGD(0.1),
+    "keras": lambda: tf.keras.optimizers.SGD(0.1),
 }
 
 

@@ -6,8 +6,6 @@ batch, and every replica's copy of the variables and of L4's state must stay
 identical. Multi-worker training runs in test_multi_worker.py.
 """
 
-import functools
-
 import keras
 import numpy as np
 import pytest
@@ -17,10 +15,13 @@ import L4
 import L4.compat
 
 from data_parallel import (
+    DEVICES,
     OPTIMIZERS,
     PLAIN_OPTIMIZERS,
+    SAME_TRAJECTORY,
     STEPS,
     collective_ops,
+    mirrored,
     traced_step,
     train,
 )
@@ -30,18 +31,8 @@ from problems import LeastSquares
 # Strategies are built and run from eager code (v2 behaviour only).
 pytestmark = pytest.mark.eager
 
-DEVICES = ["/cpu:0", "/cpu:1"]
-SAME_TRAJECTORY = dict(rtol=1e-5, atol=1e-6)
 
 CASES = sorted(OPTIMIZERS)
-
-
-@functools.cache
-def mirrored():
-    # One strategy for the module: strategies made one after another in a
-    # process number their collective ops alike, and eager collectives of a
-    # later one can meet the earlier one's instances.
-    return tf.distribute.MirroredStrategy(DEVICES)
 
 
 def one_device():

@@ -5,10 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_parallel import STEPS, train_in_session
-
-DEVICES = ["/cpu:0", "/cpu:1"]
-SAME_TRAJECTORY = dict(rtol=1e-5, atol=1e-6)
+from data_parallel import DEVICES, SAME_TRAJECTORY, STEPS, train_in_session
 
 
 @pytest.mark.parametrize("name", ["L4Adam", "L4Mom"])

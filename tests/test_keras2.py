@@ -8,6 +8,7 @@ import tensorflow as tf
 import L4
 from L4.compat import tensorflow_keras_is_keras_2
 
+from data_parallel import SAME_TRAJECTORY, STEPS, mirrored, train
 from harness import (
     EAGER_MODES,
     Record,
@@ -283,3 +284,48 @@ def test_a_v1_optimizer_in_keras_2_fit_points_to_l4_compat():
     model.compile(optimizer=L4.L4Adam(), loss=half_squared_error)
     with pytest.raises(ValueError, match=r"use the `L4.compat` optimizers"):
         model.fit(problem.x, problem.y, batch_size=16, epochs=1, verbose=0)
+
+
+def _copies_identical(variables):
+    for variable in variables:
+        first, *others = [v.numpy() for v in variable.values]
+        assert others
+        for other in others:
+            np.testing.assert_array_equal(other, first, err_msg=variable.name)
+
+
+def _l4_state(opt):
+    scalars = [
+        opt.step_count,
+        opt.min_loss,
+        opt.effective_learning_rate,
+        opt.skipped_steps,
+    ]
+    return scalars + [m for ms in opt._moments for m in ms]
+
+
+@pytest.mark.parametrize("name", ["L4Adam", "L4Mom"])
+def test_custom_loop_under_mirrored_strategy_follows_one_device(name):
+    one, _, _ = train("keras", name, tf.distribute.get_strategy(), STEPS)
+    two, var_list, opt = train("keras", name, mirrored(), STEPS)
+    for a, b in zip(two[-1].params, one[-1].params):
+        np.testing.assert_allclose(a, b, **SAME_TRAJECTORY)
+    np.testing.assert_allclose(two[-1].eta, one[-1].eta, **SAME_TRAJECTORY)
+    _copies_identical(var_list + _l4_state(opt))
+
+
+@pytest.mark.parametrize("name", ["L4Adam", "L4Mom"])
+def test_fit_under_mirrored_strategy_follows_one_device(name):
+    x, y = _digits()
+
+    def fit(strategy):
+        with strategy.scope():
+            model = _compile(_digits_model(), getattr(L4.compat, name)())
+        model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0)
+        return model
+
+    one, two = fit(tf.distribute.get_strategy()), fit(mirrored())
+    assert int(two.optimizer.step_count.numpy()) == 2 * len(x) // 32
+    for a, b in zip(two.get_weights(), one.get_weights()):
+        np.testing.assert_allclose(a, b, **SAME_TRAJECTORY)
+    _copies_identical(two.trainable_variables + _l4_state(two.optimizer))
