@@ -46,6 +46,11 @@ class L4General(tf.compat.v1.train.Optimizer):
     variables, slots, L_min and t stay as they were, eta reads 0 and
     `skipped_steps` counts it.
 
+    Inside ``strategy.run`` of a `tf.distribute` strategy, each replica's loss
+    is its share of the batch's (scaled as its gradients are); the shares and
+    the gradients are summed over the replicas, and every replica takes the
+    same step (see `L4.distribute`). With Horovod, pass ``reduce_loss``.
+
     In graph mode, when no ``global_step`` is passed, the graph's global step
     is created if needed and incremented, as the original release did (where
     the graph holds something under that name that is not an integer

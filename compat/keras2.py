@@ -17,7 +17,7 @@ loss_scaling.install_keras2()
 
 
 def _assign(variable, value):
-    variable.assign(value)
+    variable.assign(tf.cast(value, variable.dtype))
 
 
 @keras.utils.register_keras_serializable(package="L4")
@@ -36,7 +36,8 @@ class L4General(keras.optimizers.Optimizer):
     custom loops pass it to `apply_gradients` as ``loss=``. The arguments are
     those of the Keras 3 ``L4.compat.L4General``; ``fraction`` is Keras'
     learning rate, and the name defaults to the class name, as Keras 2's own
-    optimizers'.
+    optimizers'. Under a `tf.distribute` strategy it behaves as the Keras 3
+    one: the replicas' shares of the loss are summed, one step for all.
     """
 
     def __init__(
@@ -223,6 +224,12 @@ class L4Adam(L4General):
 
     See `L4General`; ``adam_params`` takes ``time_scale_grad`` (10.0),
     ``time_scale_var`` (1000.0) and ``epsilon`` (eps_a, 1e-4).
+
+    Example:
+
+    >>> import tensorflow as tf, L4.compat
+    >>> model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(1)])
+    >>> model.compile(optimizer=L4.compat.L4Adam(fraction=0.2), loss="mse")
     """
 
     def __init__(

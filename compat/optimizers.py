@@ -35,6 +35,12 @@ class L4General(keras.optimizers.Optimizer):
     variables, EMAs, L_min and t stay as they were, eta reads 0 and
     ``opt.skipped_steps`` counts it.
 
+    Under a `tf.distribute` strategy, each replica's loss is its share of the
+    batch's, as ``fit`` hands it over (Keras divides by the number of
+    replicas); the shares are summed with the gradients, and every replica
+    takes the same step (see `L4.distribute`). With Horovod, pass
+    ``reduce_loss``.
+
     ``fraction`` is Keras' learning rate: ``opt.learning_rate`` reads and sets
     it, so ``ReduceLROnPlateau``, ``LearningRateScheduler`` and a
     ``LearningRateSchedule`` as ``fraction`` act on alpha. The last eta and

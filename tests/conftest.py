@@ -55,6 +55,11 @@ def pytest_configure(config):
         "markers",
         "subprocess: runs in a process of its own whatever this one's behaviour; v2 only",
     )
+    config.addinivalue_line(
+        "markers",
+        "keras3: states Keras 3's API or behaviour (skipped where TensorFlow's "
+        "Keras is Keras 2; test_keras2.py covers that front end)",
+    )
     if os.environ.get("L4_TEST_INSTALLED"):
         # tox sets this: the tests must import the installed package, not the
         # source tree next to them.
@@ -68,6 +73,16 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    from L4.compat import tensorflow_keras_is_keras_2
+
+    if tensorflow_keras_is_keras_2():
+        skip = pytest.mark.skip(
+            reason=f"needs Keras 3; TensorFlow {tf.__version__}'s Keras is Keras 2 "
+            "here (test_keras2.py covers Keras 2)"
+        )
+        for item in items:
+            if item.get_closest_marker("keras3"):
+                item.add_marker(skip)
     keep, drop = [], []
     for item in items:
         params = getattr(item, "callspec", None)

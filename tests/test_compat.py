@@ -1,4 +1,5 @@
-"""L4.compat: the Keras 3 optimizers, in custom loops and model.fit."""
+"""L4.compat in custom loops and model.fit: Keras 3, and on Keras 2 what the two
+share (tests marked keras3 state Keras 3's own API)."""
 
 import keras
 import numpy as np
@@ -48,7 +49,14 @@ def test_custom_loop_follows_reference(mode, optimizer, dtype):
     assert_records_close(actual, reference_run(problem, 50, **reference_kwargs), dtype)
 
 
-@pytest.mark.parametrize("form", KERAS_FORMS)
+@pytest.mark.parametrize(
+    "form",
+    # Keras 2 has neither `apply` nor `scale_loss`.
+    [
+        f if f == "keyword_loss" else pytest.param(f, marks=pytest.mark.keras3)
+        for f in KERAS_FORMS
+    ],
+)
 @pytest.mark.parametrize("mode", EAGER_MODES)
 def test_every_keras_calling_form_gives_the_same_numbers(mode, form):
     problem = Logistic()
@@ -59,6 +67,7 @@ def test_every_keras_calling_form_gives_the_same_numbers(mode, form):
     assert_records_close(actual, expected, tf.float64)
 
 
+@pytest.mark.keras3
 def test_the_keras_3_classes_are_served():
     """TensorFlow's Keras is Keras 3 here (test_keras2.py covers Keras 2)."""
     assert L4.compat.L4Adam.__module__ == "L4.compat.optimizers"
@@ -206,6 +215,7 @@ def test_a_schedule_as_fraction_sets_alpha_per_step():
     assert_records_close(actual, expected, tf.float64)
 
 
+@pytest.mark.keras3
 def test_reduce_lr_on_plateau_and_scheduler_act_on_fraction():
     problem = LeastSquares()
     model = least_squares_model(problem)
@@ -261,6 +271,7 @@ def test_eta_is_proportional_to_fraction():
         (lambda: L4.compat.L4General(**L4GENERAL_CUSTOM), 3),
     ],
 )
+@pytest.mark.keras3
 def test_equal_emas_are_kept_once(make_optimizer, moments):
     opt = make_optimizer()
     var_list = [tf.Variable(tf.ones([3, 4])), tf.Variable(tf.ones([4]))]
@@ -293,6 +304,7 @@ def test_config_round_trip(make_optimizer):
     assert type(keras.optimizers.deserialize(serialized)) is type(opt)
 
 
+@pytest.mark.keras3
 def test_unknown_and_unsupported_arguments_are_rejected():
     with pytest.raises(ValueError, match="not recognized"):
         L4.compat.L4Adam(momentum=0.9)

@@ -469,6 +469,7 @@ def _batches(problem, steps, size=8):
 
 @pytest.mark.eager
 @pytest.mark.parametrize("mode", EAGER_MODES)
+@pytest.mark.keras3
 def test_gradient_accumulation_steps_use_the_mean_loss(mode):
     problem, k = LeastSquares(), 3
     batches = _batches(problem, 12)
@@ -493,6 +494,7 @@ def test_gradient_accumulation_steps_use_the_mean_loss(mode):
 
 
 @pytest.mark.eager
+@pytest.mark.keras3
 def test_gradient_accumulation_in_fit():
     problem, k = LeastSquares(), 2
     batches = _batches(problem, 8)
@@ -521,6 +523,7 @@ def test_gradient_accumulation_in_fit():
 
 
 @pytest.mark.eager
+@pytest.mark.keras3
 def test_default_names_follow_keras_and_do_not_collide():
     first, second = L4.compat.L4Adam(), L4.compat.L4Adam()
     assert first.name.startswith("l4_adam") and second.name.startswith("l4_adam")

@@ -463,6 +463,7 @@ def _digits(n=256):
 
 
 @pytest.mark.eager
+@pytest.mark.keras3
 def test_keras_mixed_float16_uses_the_true_loss():
     x, y = _digits()
     weights = {}
