@@ -240,6 +240,16 @@ class L4General(tf.compat.v1.train.Optimizer):
         self._create_non_slot_variable(zero, _MIN_LOSS, first_var)
         self._create_non_slot_variable(zero, _EFFECTIVE_LR, first_var)
 
+    def _trackable_children(self, *args, **kwargs):
+        children = super()._trackable_children(*args, **kwargs)
+        if tf.executing_eagerly():
+            # One graph in eager code. TensorFlow 2.12 (fixed by 2.15)
+            # also compares the graph keys of the non-slot variables here,
+            # and leaves out those created under a strategy.
+            for (name, _), variable in self._non_slot_dict.items():
+                children.setdefault(name, variable)
+        return children
+
     def _state_variable(self, name):
         with tf.init_scope():
             graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()

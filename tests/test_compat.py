@@ -192,7 +192,7 @@ def test_learning_rate_is_fraction():
 
 
 def test_a_schedule_as_fraction_sets_alpha_per_step():
-    schedule = keras.optimizers.schedules.ExponentialDecay(
+    schedule = tf.keras.optimizers.schedules.ExponentialDecay(
         0.3, decay_steps=5, decay_rate=0.5
     )
     problem = Logistic()
@@ -289,7 +289,7 @@ def test_equal_emas_are_kept_once(make_optimizer, moments):
         lambda: L4.compat.L4Mom(mom_params={"time_momentum": 5.0}, name="mom"),
         lambda: L4.compat.L4General(**L4GENERAL_CUSTOM),
         lambda: L4.compat.L4Adam(
-            keras.optimizers.schedules.ExponentialDecay(
+            tf.keras.optimizers.schedules.ExponentialDecay(
                 0.3, decay_steps=5, decay_rate=0.5
             )
         ),

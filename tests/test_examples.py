@@ -100,6 +100,7 @@ def test_slim_example_trains_and_writes_l4_summaries(tmp_path):
     assert "L4Adam/effective_learning_rate" in out and "L4Adam/min_loss_estimate" in out
 
 
+@pytest.mark.keras3  # the benchmarks' Keras rows use Keras 3's API
 def test_benchmarks_run_and_write_their_report(tmp_path):
     script = os.path.join(os.path.dirname(EXAMPLES), "benchmarks", "run.py")
     result = subprocess.run(
