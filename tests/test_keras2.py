@@ -329,3 +329,35 @@ def test_fit_under_mirrored_strategy_follows_one_device(name):
     for a, b in zip(two.get_weights(), one.get_weights()):
         np.testing.assert_allclose(a, b, **SAME_TRAJECTORY)
     _copies_identical(two.trainable_variables + _l4_state(two.optimizer))
+
+
+def test_h5_file_round_trips_and_training_continues_exactly(tmp_path):
+    x, y = _digits()
+    model = _compile(_digits_model(), L4.compat.L4Mom(fraction=0.2))
+    model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
+    model.save(str(tmp_path / "m.h5"))
+    loaded = keras.models.load_model(str(tmp_path / "m.h5"))  # no custom_objects
+    assert type(loaded.optimizer) is L4.compat.L4Mom
+    assert int(loaded.optimizer.step_count.numpy()) == 8
+    for m in (model, loaded):
+        m.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_saved_model_directory_restores_the_optimizer_as_keras_2_does(tmp_path):
+    # Keras 2 restores no optimizer state from a SavedModel directory (its
+    # own Adam restarts at iteration 0 too); the optimizer and its config are.
+    x, y = _digits()
+    model = _compile(_digits_model(), L4.compat.L4Mom(fraction=0.2))
+    model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
+    model.save(str(tmp_path / "saved_model"))
+    loaded = keras.models.load_model(str(tmp_path / "saved_model"))
+    assert type(loaded.optimizer) is L4.compat.L4Mom
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    loaded.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
+    assert (
+        int(loaded.optimizer.step_count.numpy())
+        == int(loaded.optimizer.iterations.numpy())
+        == 4
+    )
