@@ -82,8 +82,8 @@ class L4General(keras.optimizers.Optimizer):
             ``gradient_accumulation_steps``, ...). With
             ``gradient_accumulation_steps=k``, the step taken every k batches
             uses the mean loss of the k batches, as it uses their mean
-            gradient (not under a `tf.distribute` strategy). ``weight_decay`` is not supported: Keras would scale it
-            by alpha.
+            gradient (not under a `tf.distribute` strategy). ``weight_decay``
+            is not supported: Keras would scale it by alpha.
 
     References:
         M. Rolínek, G. Martius. "L4: Practical loss-based stepsize adaptation
