@@ -77,6 +77,7 @@ def on_each_device(step, anchor, *args):
     """
     if not tf.distribute.has_strategy():
         return step(*args)
+
     # Not converted by AutoGraph: the step is graph code already.
     @tf.autograph.experimental.do_not_convert
     def update(_, *local_args):
