@@ -4,9 +4,10 @@ TensorFlow comes in several builds (`tensorflow`, `tensorflow-cpu`, ...) that
 must not be installed side by side, so it is an extra rather than a hard
 requirement: `pip install ".[cpu]"` for CPU-only machines, `pip install
 ".[gpu]"` for NVIDIA GPUs, or plain `pip install .` next to a TensorFlow you
-already have. Tested: TensorFlow 2.12 to 2.21 (the tf.compat.v1 optimizers)
-and 2.21 with Keras 3 (`L4.compat`), Python 3.10 to 3.12 as each release allows;
-see the README's "Supported versions" and tox.ini.
+already have. Tested: TensorFlow 2.12, 2.15, 2.16 and 2.21 (the tf.compat.v1
+optimizers), `L4.compat` with Keras 2 (2.12, 2.15, tf_keras on 2.21) and Keras 3
+(2.16, 2.21); Python 3.10 to 3.12 as each release allows; see the README's
+"Supported versions" and tox.ini.
 """
 
 from setuptools import setup
@@ -15,8 +16,8 @@ TENSORFLOW = ">=2.12,<2.22"
 
 setup(
     name="L4-optimizer",
-    version="1.1.0",
-    description="L4 loss-based stepsize adaptation for TensorFlow 2 (tf.compat.v1 and Keras 3)",
+    version="1.2.0",
+    description="L4 loss-based stepsize adaptation for TensorFlow 2 (tf.compat.v1, Keras 2 and Keras 3)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",

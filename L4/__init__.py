@@ -8,4 +8,4 @@ the same optimizers for Keras 3 and TF2 training loops.
 from L4.optimizers import L4Adam, L4General, L4Mom
 
 __all__ = ["L4Adam", "L4General", "L4Mom"]
-__version__ = "1.1.0"
+__version__ = "1.2.0"
