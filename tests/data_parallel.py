@@ -110,6 +110,37 @@ def train(
     return records, var_list, opt
 
 
+def copies(variable):
+    """The per-device copies of a distributed (tf or Keras) variable."""
+    if not isinstance(variable, tf.Variable):  # a Keras 3 variable wraps one
+        variable = variable.value
+    return [v.numpy() for v in variable.values]
+
+
+def optimizer_state(front, opt, var_list):
+    """L4's scalar state and EMA variables in ``opt`` (``front``: v1 or keras)."""
+    scalars = [
+        opt.step_count,
+        opt.min_loss,
+        opt.effective_learning_rate,
+        opt.skipped_steps,
+    ]
+    if front == "v1":
+        emas = [opt.get_slot(v, s) for v in var_list for s in opt.get_slot_names()]
+    else:
+        emas = [m for ms in opt._moments for m in ms]
+    return scalars + emas
+
+
+def assert_copies_identical(front, var_list, opt):
+    """Every device's copy of the variables and of L4's state is the same."""
+    for variable in list(var_list) + optimizer_state(front, opt, var_list):
+        first, *others = copies(variable)
+        assert others, variable.name
+        for other in others:
+            np.testing.assert_array_equal(other, first, err_msg=variable.name)
+
+
 def collective_ops(function, *args):
     """The collective ops in the graph ``function`` traces for ``args``."""
     graph_def = function.get_concrete_function(*args).graph.as_graph_def()

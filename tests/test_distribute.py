@@ -20,7 +20,9 @@ from data_parallel import (
     PLAIN_OPTIMIZERS,
     SAME_TRAJECTORY,
     STEPS,
+    assert_copies_identical,
     collective_ops,
+    copies,
     mirrored,
     traced_step,
     train,
@@ -37,34 +39,6 @@ CASES = sorted(OPTIMIZERS)
 
 def one_device():
     return tf.distribute.get_strategy()
-
-
-def copies(variable):
-    """The per-device copies of a distributed (tf or Keras) variable."""
-    if not isinstance(variable, tf.Variable):  # a Keras 3 variable wraps one
-        variable = variable.value
-    return [v.numpy() for v in variable.values]
-
-
-def optimizer_state(front, opt, var_list):
-    scalars = [
-        opt.step_count,
-        opt.min_loss,
-        opt.effective_learning_rate,
-        opt.skipped_steps,
-    ]
-    if front == "v1":
-        emas = [opt.get_slot(v, s) for v in var_list for s in opt.get_slot_names()]
-    else:
-        emas = [m for ms in opt._moments for m in ms]
-    return scalars + emas
-
-
-def assert_copies_identical(front, var_list, opt):
-    for variable in list(var_list) + optimizer_state(front, opt, var_list):
-        first, *others = copies(variable)
-        for other in others:
-            np.testing.assert_array_equal(other, first, err_msg=variable.name)
 
 
 @pytest.mark.parametrize("front,name", CASES)

@@ -8,7 +8,13 @@ import tensorflow as tf
 import L4
 from L4.compat import tensorflow_keras_is_keras_2
 
-from data_parallel import SAME_TRAJECTORY, STEPS, mirrored, train
+from data_parallel import (
+    SAME_TRAJECTORY,
+    STEPS,
+    assert_copies_identical,
+    mirrored,
+    train,
+)
 from harness import (
     EAGER_MODES,
     Record,
@@ -286,24 +292,6 @@ def test_a_v1_optimizer_in_keras_2_fit_points_to_l4_compat():
         model.fit(problem.x, problem.y, batch_size=16, epochs=1, verbose=0)
 
 
-def _copies_identical(variables):
-    for variable in variables:
-        first, *others = [v.numpy() for v in variable.values]
-        assert others
-        for other in others:
-            np.testing.assert_array_equal(other, first, err_msg=variable.name)
-
-
-def _l4_state(opt):
-    scalars = [
-        opt.step_count,
-        opt.min_loss,
-        opt.effective_learning_rate,
-        opt.skipped_steps,
-    ]
-    return scalars + [m for ms in opt._moments for m in ms]
-
-
 @pytest.mark.parametrize("name", ["L4Adam", "L4Mom"])
 def test_custom_loop_under_mirrored_strategy_follows_one_device(name):
     one, _, _ = train("keras", name, tf.distribute.get_strategy(), STEPS)
@@ -311,7 +299,7 @@ def test_custom_loop_under_mirrored_strategy_follows_one_device(name):
     for a, b in zip(two[-1].params, one[-1].params):
         np.testing.assert_allclose(a, b, **SAME_TRAJECTORY)
     np.testing.assert_allclose(two[-1].eta, one[-1].eta, **SAME_TRAJECTORY)
-    _copies_identical(var_list + _l4_state(opt))
+    assert_copies_identical("keras", var_list, opt)
 
 
 @pytest.mark.parametrize("name", ["L4Adam", "L4Mom"])
@@ -328,7 +316,7 @@ def test_fit_under_mirrored_strategy_follows_one_device(name):
     assert int(two.optimizer.step_count.numpy()) == 2 * len(x) // 32
     for a, b in zip(two.get_weights(), one.get_weights()):
         np.testing.assert_allclose(a, b, **SAME_TRAJECTORY)
-    _copies_identical(two.trainable_variables + _l4_state(two.optimizer))
+    assert_copies_identical("keras", two.trainable_variables, two.optimizer)
 
 
 def test_h5_file_round_trips_and_training_continues_exactly(tmp_path):
