@@ -31,6 +31,25 @@ class Record(NamedTuple):
     min_loss: float
 
 
+class RecordStepsMixin:
+    """A Keras callback (mixed into each Keras' ``Callback``) that records the
+    weights, eta and L_min after every batch in ``records``."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        opt = self.model.optimizer
+        self.records.append(
+            Record(
+                [w.numpy() for w in self.model.trainable_weights],
+                opt.effective_learning_rate.numpy(),
+                opt.min_loss.numpy(),
+            )
+        )
+
+
 def make_variables(mode, values, dtype):
     if mode == "graph_default":
         return [

@@ -9,10 +9,12 @@ import tensorflow as tf
 import L4
 import L4.compat
 
+import digits_mlp
 from harness import (
     EAGER_MODES,
     KERAS_FORMS,
     Record,
+    RecordStepsMixin,
     assert_records_close,
     reference_run,
     run,
@@ -96,22 +98,8 @@ def half_squared_error(y_true, y_pred):
     return 0.5 * tf.reduce_sum(tf.square(y_pred - y_true), axis=-1)
 
 
-class RecordSteps(keras.callbacks.Callback):
+class RecordSteps(RecordStepsMixin, keras.callbacks.Callback):
     """Records the weights, eta and L_min after every batch."""
-
-    def __init__(self):
-        super().__init__()
-        self.records = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        opt = self.model.optimizer
-        self.records.append(
-            Record(
-                [w.numpy() for w in self.model.trainable_weights],
-                opt.effective_learning_rate.numpy(),
-                opt.min_loss.numpy(),
-            )
-        )
 
 
 def least_squares_model(problem, dtype="float32"):
@@ -319,35 +307,15 @@ def test_unknown_and_unsupported_arguments_are_rejected():
 
 
 def _digits_model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
-
-
-def _digits(n=256):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return (digits.data[:n] / 16.0).astype(np.float32), digits.target[:n].astype(
-        np.int64
-    )
+    return digits_mlp.model(keras, seed)
 
 
 def _compile(model, optimizer):
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
+    return digits_mlp.compile_model(keras, model, optimizer)
 
 
 def test_keras_file_round_trips_the_optimizer_and_training_continues_exactly(tmp_path):
-    x, y = _digits()
+    x, y = digits_mlp.data()
     model = _compile(_digits_model(), L4.compat.L4Adam(fraction=0.2))
     model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
     path = str(tmp_path / "m.keras")
@@ -364,7 +332,7 @@ def test_keras_file_round_trips_the_optimizer_and_training_continues_exactly(tmp
 
 
 def test_checkpoint_restores_mid_training_exactly(tmp_path):
-    x, y = _digits()
+    x, y = digits_mlp.data()
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def make():
@@ -414,7 +382,7 @@ def _cross_entropy(y, logits):
 
 @pytest.mark.parametrize("name", ["L4Adam", "L4Mom"])
 def test_session_eager_and_fit_end_at_the_same_weights(name):
-    x, y = _digits()
+    x, y = digits_mlp.data()
     init = _digits_model().get_weights()
     steps = 100
 
@@ -448,10 +416,7 @@ def test_session_eager_and_fit_end_at_the_same_weights(name):
 
 
 def test_fit_on_digits_beats_keras_adam_at_its_default_learning_rate():
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x, y = (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
+    x, y = digits_mlp.data(n=None)  # all 1797
     final_loss = {}
     for name, optimizer in [
         ("L4Adam", L4.compat.L4Adam()),

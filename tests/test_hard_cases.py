@@ -8,6 +8,7 @@ import tensorflow as tf
 import L4
 import L4.compat
 
+import digits_mlp
 from harness import GRAPH_MODES, Record, assert_records_close, make_variables
 from l4_reference import L4ADAM, L4MOM, L4Reference
 from problems import LeastSquares
@@ -453,51 +454,18 @@ def test_mixed_dtypes_in_one_model(front, mode):
 # -- Mixed precision ---------------------------------------------------------
 
 
-def _digits(n=256):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    return (digits.data[:n] / 16.0).astype(np.float32), digits.target[:n].astype(
-        np.int64
-    )
-
-
 @pytest.mark.eager
 @pytest.mark.keras3
 def test_keras_mixed_float16_uses_the_true_loss():
-    x, y = _digits()
-    weights = {}
-    for policy in ("float32", "mixed_float16"):
-        keras.mixed_precision.set_global_policy(policy)
-        try:
-            keras.utils.set_random_seed(0)
-            model = keras.Sequential(
-                [
-                    keras.Input((64,)),
-                    keras.layers.Dense(32, activation="relu"),
-                    keras.layers.Dense(10),
-                    keras.layers.Activation("linear", dtype="float32"),
-                ]
-            )
-            model.compile(
-                optimizer=L4.compat.L4Adam(),
-                loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            )
-            if policy == "mixed_float16":
-                assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-            model.fit(x, y, batch_size=len(x), epochs=20, shuffle=False, verbose=0)
-            inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
-            weights[policy] = (
-                model.get_weights(),
-                float(inner.effective_learning_rate.numpy()),
-            )
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
-    (w32, eta32), (w16, eta16) = weights["float32"], weights["mixed_float16"]
-    # A loss scaled by 2**15 would make eta 32768 times too large.
-    assert eta16 == pytest.approx(eta32, rel=2e-2)
-    flat16, flat32 = (np.concatenate([w.ravel() for w in ws]) for ws in (w16, w32))
-    assert np.linalg.norm(flat16 - flat32) <= 1e-2 * np.linalg.norm(flat32)
+    def wrapped_under_mixed_float16(net):
+        if keras.mixed_precision.global_policy().name == "mixed_float16":
+            assert isinstance(net.optimizer, keras.optimizers.LossScaleOptimizer)
+
+    digits_mlp.assert_mixed_precision_uses_the_true_loss(
+        *digits_mlp.fit_float32_and_mixed_float16(
+            keras, L4.compat.L4Adam, check=wrapped_under_mixed_float16
+        )
+    )
 
 
 @pytest.mark.parametrize("loss_scale", [1024.0, "dynamic"])

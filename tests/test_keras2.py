@@ -8,6 +8,7 @@ import tensorflow as tf
 import L4
 from L4.compat import tensorflow_keras_is_keras_2
 
+import digits_mlp
 from data_parallel import (
     SAME_TRAJECTORY,
     STEPS,
@@ -18,6 +19,7 @@ from data_parallel import (
 from harness import (
     EAGER_MODES,
     Record,
+    RecordStepsMixin,
     assert_records_close,
     reference_run,
     run,
@@ -76,21 +78,10 @@ def half_squared_error(y_true, y_pred):
 
 
 class RecordSteps(
-    keras.callbacks.Callback if tensorflow_keras_is_keras_2() else object
+    RecordStepsMixin,
+    keras.callbacks.Callback if tensorflow_keras_is_keras_2() else object,
 ):
-    def __init__(self):
-        super().__init__()
-        self.records = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        opt = self.model.optimizer
-        self.records.append(
-            Record(
-                [w.numpy() for w in self.model.trainable_weights],
-                opt.effective_learning_rate.numpy(),
-                opt.min_loss.numpy(),
-            )
-        )
+    """Records the weights, eta and L_min after every batch."""
 
 
 def _model(problem):
@@ -129,36 +120,17 @@ def test_fit_follows_reference_with_the_exact_batch_loss(optimizer, jit_compile)
     assert_records_close(recorder.records, expected, tf.float32)
 
 
-def _digits(n=256):
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = (digits.data[:n] / 16.0).astype(np.float32)
-    return x, digits.target[:n].astype(np.int64)
-
-
 def _digits_model(seed=0):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(32, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
+    return digits_mlp.model(keras, seed)
 
 
 def _compile(model, optimizer):
-    model.compile(
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    )
-    return model
+    return digits_mlp.compile_model(keras, model, optimizer)
 
 
 @pytest.mark.parametrize("name", ["L4Adam", "L4Mom"])
 def test_session_and_keras_2_fit_end_at_the_same_weights(name):
-    x, y = _digits()
+    x, y = digits_mlp.data()
     init = _digits_model().get_weights()
     steps = 100
     with tf.Graph().as_default():
@@ -185,7 +157,7 @@ def test_session_and_keras_2_fit_end_at_the_same_weights(name):
 
 
 def test_saved_model_file_round_trips_and_training_continues_exactly(tmp_path):
-    x, y = _digits()
+    x, y = digits_mlp.data()
     model = _compile(_digits_model(), L4.compat.L4Adam(fraction=0.2))
     model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
     path = str(tmp_path / "m.keras")
@@ -255,32 +227,9 @@ def test_apply_gradients_without_a_loss_says_how_to_pass_it():
 
 
 def test_mixed_float16_uses_the_true_loss():
-    x, y = _digits()
-    results = {}
-    for policy in ("float32", "mixed_float16"):
-        keras.mixed_precision.set_global_policy(policy)
-        try:
-            keras.utils.set_random_seed(0)
-            model = keras.Sequential(
-                [
-                    keras.Input((64,)),
-                    keras.layers.Dense(32, activation="relu"),
-                    keras.layers.Dense(10),
-                    keras.layers.Activation("linear", dtype="float32"),
-                ]
-            )
-            _compile(model, L4.compat.L4Adam())
-            model.fit(x, y, batch_size=len(x), epochs=20, shuffle=False, verbose=0)
-            inner = getattr(model.optimizer, "inner_optimizer", model.optimizer)
-            eta = float(inner.effective_learning_rate.numpy())
-            results[policy] = (model.get_weights(), eta)
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
-    (w32, eta32), (w16, eta16) = results["float32"], results["mixed_float16"]
-    # A loss scaled by 2**15 would make eta 32768 times too large.
-    assert eta16 == pytest.approx(eta32, rel=2e-2)
-    flat16, flat32 = (np.concatenate([w.ravel() for w in ws]) for ws in (w16, w32))
-    assert np.linalg.norm(flat16 - flat32) <= 1e-2 * np.linalg.norm(flat32)
+    digits_mlp.assert_mixed_precision_uses_the_true_loss(
+        *digits_mlp.fit_float32_and_mixed_float16(keras, L4.compat.L4Adam)
+    )
 
 
 def test_a_v1_optimizer_in_keras_2_fit_points_to_l4_compat():
@@ -304,7 +253,7 @@ def test_custom_loop_under_mirrored_strategy_follows_one_device(name):
 
 @pytest.mark.parametrize("name", ["L4Adam", "L4Mom"])
 def test_fit_under_mirrored_strategy_follows_one_device(name):
-    x, y = _digits()
+    x, y = digits_mlp.data()
 
     def fit(strategy):
         with strategy.scope():
@@ -320,7 +269,7 @@ def test_fit_under_mirrored_strategy_follows_one_device(name):
 
 
 def test_h5_file_round_trips_and_training_continues_exactly(tmp_path):
-    x, y = _digits()
+    x, y = digits_mlp.data()
     model = _compile(_digits_model(), L4.compat.L4Mom(fraction=0.2))
     model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
     model.save(str(tmp_path / "m.h5"))
@@ -336,7 +285,7 @@ def test_h5_file_round_trips_and_training_continues_exactly(tmp_path):
 def test_saved_model_directory_restores_the_optimizer_as_keras_2_does(tmp_path):
     # Keras 2 restores no optimizer state from a SavedModel directory (its
     # own Adam restarts at iteration 0 too); the optimizer and its config are.
-    x, y = _digits()
+    x, y = digits_mlp.data()
     model = _compile(_digits_model(), L4.compat.L4Mom(fraction=0.2))
     model.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
     model.save(str(tmp_path / "saved_model"))
