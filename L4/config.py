@@ -185,6 +185,13 @@ def check_callable(name, value):
     return value
 
 
+def check_bool(name, value):
+    """``value``, which must be `True` or `False`."""
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False. Received: {name}={value!r}")
+    return value
+
+
 def check_fraction(fraction, dynamic=False):
     """alpha must be a positive, finite number (or, with ``dynamic``, a tensor,
     variable or callable)."""

@@ -8,7 +8,7 @@ eta in non-slot variables, one set per graph) and compute each step with
 import numpy as np
 import tensorflow as tf
 
-from L4 import config, distribute, fused, loss_scaling
+from L4 import config, distribute, fused, loss_scaling, loss_tracking
 from L4 import rule as l4_rule
 
 loss_scaling.install_v1()
@@ -98,6 +98,15 @@ class L4General(tf.compat.v1.train.Optimizer):
             as Horovod averages the gradients). Keyword-only. Defaults to
             `None`. (Under a `tf.distribute` strategy L4 sums the replicas'
             losses itself.)
+        carry_loss: if `True`, `compute_gradients` returns the loss in the
+            list, as the "gradient" of a scalar variable of L4's own, and
+            `apply_gradients` takes it from there: code that averages towers,
+            sums clones, divides by a manual loss scale or aggregates workers
+            (``SyncReplicasOptimizer``) between the two then does the same to
+            the loss. Code that clips gradients must leave that pair alone.
+            No effect under a `tf.distribute` strategy, where L4 sums the
+            replicas' losses itself. Keyword-only. Defaults to `False` (the
+            loss is remembered, and checked against the gradients given).
         use_locking: if `True`, use locks for the update operations.
             Keyword-only. Defaults to `False`.
         name: prefix of the operations and slot variables. Defaults to the
@@ -130,6 +139,7 @@ class L4General(tf.compat.v1.train.Optimizer):
         loss_lower_bound=0.0,
         max_effective_learning_rate=None,
         reduce_loss=None,
+        carry_loss=False,
         use_locking=False,
         name=None,
     ):
@@ -150,7 +160,12 @@ class L4General(tf.compat.v1.train.Optimizer):
         )
         self._layout = self._rule.layout
         self._reduce_loss = config.check_callable("reduce_loss", reduce_loss)
-        self._remembered_loss = distribute.PerReplica()
+        self._carrier = (
+            loss_tracking.LossCarrier(self._name)
+            if config.check_bool("carry_loss", carry_loss)
+            else None
+        )
+        self._remembered = distribute.PerReplica()
         self._unscaled_loss = distribute.PerReplica()
 
     # -- The loss ----------------------------------------------------------
@@ -167,7 +182,9 @@ class L4General(tf.compat.v1.train.Optimizer):
         """As `tf.compat.v1.train.Optimizer.compute_gradients`; remembers ``loss``.
 
         The next `apply_gradients` uses the remembered loss (the value ``loss()``
-        returned, when ``loss`` is callable) unless it is given one.
+        returned, when ``loss`` is callable) unless it is given one. With
+        ``carry_loss=True`` the loss is returned in the list instead, as the
+        "gradient" of a variable of L4's own (see `L4.loss_tracking`).
         """
         if callable(loss):
             values = []
@@ -197,25 +214,40 @@ class L4General(tf.compat.v1.train.Optimizer):
         # Under a loss-scale wrapper, ``loss`` is scaled; the wrapper handed
         # over the true one (see L4.loss_scaling).
         unscaled = self._unscaled_loss.take()
+        strategy = tf.distribute.has_strategy()
+        if self._carrier is not None and not strategy:
+            # The loss as differentiated, loss scale included: whatever
+            # rescales or combines the gradients does the same to it.
+            return list(grads_and_vars) + [self._carrier.pair(loss)]
         loss = loss if unscaled is None else unscaled
-        if tf.distribute.has_strategy():
+        if strategy:
             # Scaled as TensorFlow scaled it for the gradients, so that the
             # replicas' shares sum to the loss of the whole batch.
             loss = self._scale_loss(loss)
-        self._remembered_loss.put(loss)
+        remembered = self._remembered.get() or loss_tracking.Remembered()
+        remembered.add(loss, [g for g, _ in grads_and_vars], unscaled is not None)
+        self._remembered.put(remembered)
         return grads_and_vars
 
     def _receive_unscaled_loss(self, loss):
         self._unscaled_loss.put(loss)
 
-    def _take_loss(self, loss):
-        """The loss of the whole batch for this step: the one given, else the
-        remembered one (see `L4.distribute.global_loss`)."""
-        remembered = self._remembered_loss.take()
-        loss = distribute.global_loss(
-            remembered if loss is None else loss, self._reduce_loss
-        )
-        return config.check_loss(loss, _HOW_TO_PASS_LOSS, self._rule.loss_lower_bound)
+    def _take_loss(self, loss, grads_and_vars):
+        """The loss of the whole batch for this step, and the other pairs.
+
+        The loss given, else the one carried in ``grads_and_vars``, else the
+        remembered one (checked against ``grads_and_vars``); then summed over
+        replicas or processes (see `L4.distribute.global_loss`).
+        """
+        remembered = self._remembered.take()
+        if self._carrier is not None:
+            carried, grads_and_vars = self._carrier.split(grads_and_vars)
+            loss = carried if loss is None else loss
+        if loss is None and remembered is not None:
+            loss = remembered.loss_for([g for g, _ in grads_and_vars])
+        loss = distribute.global_loss(loss, self._reduce_loss)
+        loss = config.check_loss(loss, _HOW_TO_PASS_LOSS, self._rule.loss_lower_bound)
+        return loss, grads_and_vars
 
     # -- State ---------------------------------------------------------------
 
@@ -278,23 +310,35 @@ class L4General(tf.compat.v1.train.Optimizer):
     # -- The step ------------------------------------------------------------
 
     def apply_gradients(
-        self, grads_and_vars, *args, loss=None, global_step=None, name=None
+        self,
+        grads_and_vars,
+        *args,
+        loss=None,
+        global_step=None,
+        name=None,
+        skip_gradients_aggregation=False,
     ):
         """Applies one L4 step; see the class docstring.
 
         Accepts both calling forms of the original releases:
         ``apply_gradients(grads_and_vars, loss, global_step=None, name=None)``
         (the first) and ``apply_gradients(grads_and_vars, global_step=None,
-        name=None)`` (the latest, and every wrapper), told apart by whether the
-        second positional argument is floating point (a loss) or an integer
-        (a global step).
+        name=None, skip_gradients_aggregation=False)`` (the latest, TensorFlow's
+        own, and every wrapper's), told apart by whether the second positional
+        argument is floating point (a loss) or an integer (a global step).
+
+        Under a `tf.distribute` strategy, ``skip_gradients_aggregation=True``
+        says, as for TensorFlow's optimizers, that the gradients are summed
+        over the replicas already; the replicas' losses are still summed.
 
         Returns:
             An operation that applies the update and increments ``global_step``
             (`None` in eager mode).
         """
-        loss, global_step, name = _split_positional(args, loss, global_step, name)
-        loss = self._take_loss(loss)
+        loss, global_step, name, skip_gradients_aggregation = _split_positional(
+            args, loss, global_step, name, skip_gradients_aggregation
+        )
+        loss, grads_and_vars = self._take_loss(loss, grads_and_vars)
         pairs = _dense_gradients(grads_and_vars)
         variables = [v for _, v in pairs]
         dtype = l4_rule.scalar_dtype(
@@ -302,7 +346,9 @@ class L4General(tf.compat.v1.train.Optimizer):
         )
         # Under a strategy: the gradients summed over the replicas, as
         # TensorFlow's optimizers sum them, then one step for all of them.
-        grads = distribute.sum_over_replicas([g for g, _ in pairs])
+        grads = [g for g, _ in pairs]
+        if not skip_gradients_aggregation:
+            grads = distribute.sum_over_replicas(grads)
         return distribute.merge(
             lambda grads, loss: self._apply(
                 list(zip(grads, variables)), loss, dtype, global_step, name
@@ -335,6 +381,17 @@ class L4General(tf.compat.v1.train.Optimizer):
                     train_op = global_step.assign_add(one, read_value=False)
             train_op = tf.group(train_op, name=scope)
         if graph_mode:
+            # The original release's summaries (they need no TensorBoard), read
+            # from the state: whatever runs them (`merge_all`) must not run
+            # the step's gradients or loss, which may be the workers'
+            # accumulated gradients under SyncReplicasOptimizer.
+            with tf.compat.v1.name_scope(self._name + "/"):
+                tf.compat.v1.summary.scalar(
+                    _EFFECTIVE_LR, self._state_variable(_EFFECTIVE_LR).read_value()
+                )
+                tf.compat.v1.summary.scalar(
+                    "min_loss_estimate", self._state_variable(_MIN_LOSS).read_value()
+                )
             train_ops = tf.compat.v1.get_collection_ref(tf.compat.v1.GraphKeys.TRAIN_OP)
             if train_op not in train_ops:
                 train_ops.append(train_op)
@@ -412,10 +469,6 @@ class L4General(tf.compat.v1.train.Optimizer):
             done = take_step()
         else:
             done = tf.cond(result.ok, take_step, skip_step)
-        if graph_mode:
-            # The original release's summaries; they need no TensorBoard.
-            tf.compat.v1.summary.scalar(_EFFECTIVE_LR, result.effective_learning_rate)
-            tf.compat.v1.summary.scalar("min_loss_estimate", result.min_loss)
         return tf.group(done)
 
 
@@ -578,19 +631,26 @@ def _is_integer_tensor(value):
         return False
 
 
-def _split_positional(args, loss, global_step, name):
+def _split_positional(args, loss, global_step, name, skip_aggregation):
     """Reads ``apply_gradients``' positional arguments after ``grads_and_vars``.
 
     ``(loss, global_step, name)`` when the first is floating point (the first
-    release), ``(global_step, name)`` when it is an integer tensor or `None`.
+    release), ``(global_step, name, skip_gradients_aggregation)`` when it is an
+    integer tensor or `None` (TensorFlow's own).
     """
+    given = {
+        "loss": loss,
+        "global_step": global_step,
+        "name": name,
+        "skip_gradients_aggregation": skip_aggregation,
+    }
     if not args:
-        return loss, global_step, name
+        return tuple(given.values())
     first = args[0]
     if _is_floating(first):
         names = ("loss", "global_step", "name")
     elif first is None or _is_integer_tensor(first):
-        names = ("global_step", "name")
+        names = ("global_step", "name", "skip_gradients_aggregation")
     else:
         raise TypeError(
             "The second positional argument of `apply_gradients` must be the "
@@ -602,14 +662,13 @@ def _split_positional(args, loss, global_step, name):
             f"`apply_gradients(grads_and_vars, {', '.join(names)})` takes at "
             f"most {len(names)} more positional arguments. Received: {len(args)}"
         )
-    given = {"loss": loss, "global_step": global_step, "name": name}
     for key, value in zip(names, args):
-        if given[key] is not None:
+        if given[key] not in (None, False):
             raise TypeError(
                 f"`apply_gradients` got multiple values for argument `{key}`"
             )
         given[key] = value
-    return given["loss"], given["global_step"], given["name"]
+    return tuple(given.values())
 
 
 def _dense_gradients(grads_and_vars):

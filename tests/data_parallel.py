@@ -2,6 +2,7 @@
 multi-worker processes of test_multi_worker.py."""
 
 import functools
+import socket
 
 import numpy as np
 import tensorflow as tf
@@ -225,3 +226,14 @@ def train_in_session(name, strategy, steps, use_resource=None):
         )
         copies = [sess.run(list(getattr(v, "values", [v]))) for v in var_list + state]
     return record, copies
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()

@@ -6,7 +6,6 @@ fails in ``strategy.reduce`` whatever the optimizer (keras-team/keras#20585).
 """
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,23 +13,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from data_parallel import STEPS, train
+from data_parallel import STEPS, free_ports, train
 
 WORKER = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "multi_worker_worker.py"
 )
 TIMEOUT_S = 240
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def run_workers(front, name, out_dir):
