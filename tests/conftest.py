@@ -1,13 +1,16 @@
 """Test configuration: TensorFlow's behaviour for this process, and modes.
 
-``L4_TF_BEHAVIOR`` chooses how TensorFlow runs in this test process, as legacy
-code bases set it: ``v2`` (default; graph-mode tests use ``tf.Graph`` contexts),
-``v1`` (``tf.compat.v1.disable_v2_behavior()``: ref variables by default) or
-``graph`` (``tf.compat.v1.disable_eager_execution()`` only: resource variables).
-Tests that need eager execution are deselected under ``v1`` and ``graph``;
-tests marked ``graph_process`` (code that starts its own threads, which do not
-see a ``tf.Graph`` context) run only there, and tests marked ``subprocess``
-(they start processes of their own) only under ``v2``. tox runs all three.
+``--tf-behavior`` (or the ``L4_TF_BEHAVIOR`` environment variable) chooses how
+TensorFlow runs in this test process, as legacy code bases set it: ``v2``
+(default; graph-mode tests use ``tf.Graph`` contexts), ``v1``
+(``tf.compat.v1.disable_v2_behavior()``: ref variables by default) or ``graph``
+(``tf.compat.v1.disable_eager_execution()`` only: resource variables). Tests
+that need eager execution are deselected under ``v1`` and ``graph``; tests
+marked ``graph_process`` (code that starts its own threads, which do not see a
+``tf.Graph`` context) run only there, and tests marked ``subprocess`` (they
+start processes of their own) only under ``v2``. tox runs all three, one
+after the other; ``L4_TF_BEHAVIORS=v1,graph`` (a list) makes the runs of the
+other behaviours end at once, without tests.
 The CPU is split into two logical devices for tf.distribute's tests.
 """
 
@@ -19,25 +22,43 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from harness import EAGER_MODES  # noqa: E402
+BEHAVIORS = ("v2", "v1", "graph")
+BEHAVIOR = None  # set in pytest_configure
 
-# Two logical CPU devices, set before TensorFlow starts: MirroredStrategy
-# runs over them (test_distribute.py); other tests place ops on the first.
-tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0],
-    [tf.config.LogicalDeviceConfiguration()] * 2,
-)
 
-BEHAVIOR = os.environ.get("L4_TF_BEHAVIOR", "v2")
-if BEHAVIOR == "v1":
-    tf.compat.v1.disable_v2_behavior()
-elif BEHAVIOR == "graph":
-    tf.compat.v1.disable_eager_execution()
-elif BEHAVIOR != "v2":
-    raise ValueError(f"L4_TF_BEHAVIOR must be v2, v1 or graph. Received: {BEHAVIOR!r}")
+def pytest_addoption(parser):
+    parser.addoption(
+        "--tf-behavior",
+        choices=BEHAVIORS,
+        default=os.environ.get("L4_TF_BEHAVIOR", "v2"),
+        help="TensorFlow's behaviour for this run (default: $L4_TF_BEHAVIOR or v2)",
+    )
+
+
+def _set_behavior(behavior):
+    """Sets TensorFlow up before any test module imports Keras or builds a graph."""
+    global BEHAVIOR
+    BEHAVIOR = behavior
+    # Two logical CPU devices, set before TensorFlow starts: MirroredStrategy
+    # runs over them (test_distribute.py); other tests place ops on the first.
+    tf.config.set_logical_device_configuration(
+        tf.config.list_physical_devices("CPU")[0],
+        [tf.config.LogicalDeviceConfiguration()] * 2,
+    )
+    if behavior == "v1":
+        tf.compat.v1.disable_v2_behavior()
+    elif behavior == "graph":
+        tf.compat.v1.disable_eager_execution()
 
 
 def pytest_configure(config):
+    behavior = config.getoption("--tf-behavior")
+    wanted = os.environ.get("L4_TF_BEHAVIORS")
+    if wanted and behavior not in wanted.split(","):
+        pytest.exit(
+            f"--tf-behavior={behavior}: not in L4_TF_BEHAVIORS={wanted}", returncode=0
+        )
+    _set_behavior(behavior)
     if os.environ.get(
         "L4_TEST_DEVICE"
     ) == "GPU" and not tf.config.list_physical_devices("GPU"):
@@ -74,6 +95,8 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     from L4.compat import tensorflow_keras_is_keras_2
+
+    from harness import EAGER_MODES
 
     if tensorflow_keras_is_keras_2():
         skip = pytest.mark.skip(
