@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from L4 import rule as l4_rule
 
-# Defaults of the original release (L4_SPEC.md).
+# Defaults of the original TensorFlow release of Rolínek & Martius (NeurIPS 2018).
 FRACTION = 0.15
 MINLOSS_FACTOR = 0.9
 INIT_FACTOR = 0.75
@@ -130,6 +130,28 @@ def make_estimator(arg_name, kind, params, params_name):
     return factory(**{key: float(value) for key, value in params.items()})
 
 
+# The arguments of every ``L4General`` that make its `L4.rule.Rule`, in the
+# original order: each front end hands its constructor's to `make_rule`.
+RULE_ARGUMENTS = (
+    "minloss_factor",
+    "init_factor",
+    "minloss_forget_time",
+    "epsilon",
+    "gradient_estimator",
+    "gradient_params",
+    "direction_estimator",
+    "direction_params",
+    "loss_lower_bound",
+    "max_effective_learning_rate",
+)
+
+
+def rule_arguments(arguments):
+    """The entries of ``arguments`` (a constructor's ``locals()``) that
+    `make_rule` takes."""
+    return {name: arguments[name] for name in RULE_ARGUMENTS}
+
+
 def make_rule(
     minloss_factor,
     init_factor,
@@ -162,13 +184,13 @@ def make_rule(
             "minloss_forget_time", minloss_forget_time, dynamic
         ),
         epsilon=check_hyperparameter("epsilon", epsilon, dynamic),
-        direction=make_estimator(
+        direction_estimator=make_estimator(
             "direction_estimator",
             direction_estimator,
             direction_params,
             "direction_params",
         ),
-        gradient=make_estimator(
+        gradient_estimator=make_estimator(
             "gradient_estimator", gradient_estimator, gradient_params, "gradient_params"
         ),
         loss_lower_bound=check_number("loss_lower_bound", loss_lower_bound),
@@ -259,3 +281,45 @@ def _assert(condition, data):
     # The raw op: tf.debugging.Assert guards it with a conditional, which costs
     # one more op (a function call) at every step of a graph.
     return tf.raw_ops.Assert(condition=condition, data=data)
+
+
+def preset_init(base, direction, params_name):
+    """The ``__init__`` of a preset of ``base`` (an ``L4General`` class):
+    ``L4Adam`` (``direction='adam'``, ``adam_params``) or ``L4Mom``
+    (``'momentum'``, ``mom_params``), both with a momentum gradient estimate.
+
+    Its signature is the original release's: ``base``'s first five arguments
+    (``fraction`` to ``epsilon``), then ``params_name`` (the direction's
+    parameters), then ``base``'s keyword-only options. Each front end then
+    checks, documents and serializes its arguments in one place: ``base``.
+    """
+    parameters = list(inspect.signature(base.__init__).parameters.values())
+    signature = inspect.Signature(
+        parameters[:6]  # self, fraction, ..., epsilon
+        + [
+            inspect.Parameter(
+                params_name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None
+            )
+        ]
+        + [p for p in parameters if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
+    )
+    var_keyword = [p.name for p in parameters if p.kind is p.VAR_KEYWORD]
+
+    def __init__(self, *args, **kwargs):
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        del arguments["self"]
+        extra = arguments.pop(var_keyword[0], {}) if var_keyword else {}
+        params = arguments.pop(params_name, None)
+        base.__init__(
+            self,
+            **arguments,
+            **extra,
+            gradient_estimator="momentum",
+            direction_estimator=direction,
+            direction_params=params,
+        )
+        # What `get_config` writes for the estimators: the preset's argument.
+        self._estimator_config = {params_name: params}
+
+    __init__.__signature__ = signature
+    return __init__

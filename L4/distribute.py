@@ -98,8 +98,9 @@ def _replica_context():
     return context
 
 
-class PerReplica:
-    """A value each replica hands to its own next step.
+class ReplicaLocal:
+    """A value each replica hands to its own next step (not TensorFlow's
+    ``PerReplica``, which holds every replica's value at once).
 
     Replicas of a strategy trace their step in threads of their own (one per
     device), so a value one replica remembers must not be read by another.

@@ -8,15 +8,15 @@ eta in non-slot variables, one set per graph) and compute each step with
 import numpy as np
 import tensorflow as tf
 
-from L4 import config, distribute, fused, loss_scaling, loss_tracking
+from L4 import config, distribute, execution, loss_scaling, loss_tracking, step_driver
 from L4 import rule as l4_rule
-
-loss_scaling.install_v1()
 
 _STEP = "l4_step"
 _SKIPPED = "skipped_steps"
 _MIN_LOSS = "min_loss"
 _EFFECTIVE_LR = "effective_learning_rate"
+# In `L4.step_driver.StateVariables` order.
+_STATE_NAMES = (_STEP, _SKIPPED, _MIN_LOSS, _EFFECTIVE_LR)
 
 _HOW_TO_PASS_LOSS = (
     "Pass it: `opt.apply_gradients(grads_and_vars, loss=loss)`, or get the "
@@ -27,7 +27,7 @@ _HOW_TO_PASS_LOSS = (
 )
 
 
-class L4General(tf.compat.v1.train.Optimizer):
+class L4General(step_driver.StateProperties, tf.compat.v1.train.Optimizer):
     """L4 stepsize adaptation on top of a gradient-based direction.
 
     At each step, with loss ``L``, the update direction ``v`` and the gradient
@@ -144,20 +144,9 @@ class L4General(tf.compat.v1.train.Optimizer):
         name=None,
     ):
         super().__init__(use_locking, name or type(self).__name__)
+        loss_scaling.install(loss_scaling.V1)
         self._fraction = config.check_fraction(fraction, dynamic=True)
-        self._rule = config.make_rule(
-            minloss_factor,
-            init_factor,
-            minloss_forget_time,
-            epsilon,
-            gradient_estimator,
-            gradient_params,
-            direction_estimator,
-            direction_params,
-            loss_lower_bound,
-            max_effective_learning_rate,
-            dynamic=True,
-        )
+        self._rule = config.make_rule(**config.rule_arguments(locals()), dynamic=True)
         self._layout = self._rule.layout
         self._reduce_loss = config.check_callable("reduce_loss", reduce_loss)
         self._carrier = (
@@ -165,8 +154,8 @@ class L4General(tf.compat.v1.train.Optimizer):
             if config.check_bool("carry_loss", carry_loss)
             else None
         )
-        self._remembered = distribute.PerReplica()
-        self._unscaled_loss = distribute.PerReplica()
+        self._remembered = distribute.ReplicaLocal()
+        self._unscaled_loss = distribute.ReplicaLocal()
 
     # -- The loss ----------------------------------------------------------
 
@@ -282,30 +271,16 @@ class L4General(tf.compat.v1.train.Optimizer):
                 children.setdefault(name, variable)
         return children
 
+    @property
+    def _state_variables(self):
+        return step_driver.StateVariables(
+            *(self._state_variable(name) for name in _STATE_NAMES)
+        )
+
     def _state_variable(self, name):
         with tf.init_scope():
             graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
             return self._get_non_slot_variable(name, graph=graph)
-
-    @property
-    def min_loss(self):
-        """The variable holding L_min in the current graph (`None` before the first step)."""
-        return self._state_variable(_MIN_LOSS)
-
-    @property
-    def effective_learning_rate(self):
-        """The variable holding the last step's eta (`None` before the first step)."""
-        return self._state_variable(_EFFECTIVE_LR)
-
-    @property
-    def step_count(self):
-        """The variable holding L4's own step count t (`None` before the first step)."""
-        return self._state_variable(_STEP)
-
-    @property
-    def skipped_steps(self):
-        """The variable counting the steps skipped for a non-finite loss or update."""
-        return self._state_variable(_SKIPPED)
 
     # -- The step ------------------------------------------------------------
 
@@ -398,12 +373,7 @@ class L4General(tf.compat.v1.train.Optimizer):
         return train_op
 
     def _apply_step(self, loss, pairs, graph_mode):
-        step_var = self._state_variable(_STEP)
-        min_loss_var = self._state_variable(_MIN_LOSS)
-        eta_var = self._state_variable(_EFFECTIVE_LR)
-        skipped_var = self._state_variable(_SKIPPED)
-        slots = [[self.get_slot(v, n) for n in self._layout.names] for _, v in pairs]
-        moments = [[tf.convert_to_tensor(s) for s in var_slots] for var_slots in slots]
+        lock = self._use_locking
         # Control flow v2 cannot assign ref variables in a branch: there the
         # step takes every write, by selection, without fused kernels.
         select = (
@@ -411,64 +381,18 @@ class L4General(tf.compat.v1.train.Optimizer):
             and _has_ref_variables(pairs)
             and tf.compat.v1.control_flow_v2_enabled()
         )
-        grads = [g for g, _ in pairs]
-        result = l4_rule.l4_step(
+        done = step_driver.run_step(
             config.read_rule(self._rule),
             config.read_hyperparameter("fraction", self._fraction),
             loss,
-            grads=grads,
-            moments=moments,
-            state=l4_rule.State(
-                tf.convert_to_tensor(step_var),
-                tf.convert_to_tensor(min_loss_var),
-                tf.convert_to_tensor(skipped_var),
-            ),
-            fuse=not select,
+            pairs,
+            [[self.get_slot(v, n) for n in self._layout.names] for _, v in pairs],
+            self._state_variables,
+            lambda var, value: var.assign(value, use_locking=lock, read_value=False),
+            use_locking=lock,
+            select=select,
+            apply_constraints=True,
         )
-        lock = self._use_locking
-
-        def assign_state(state, eta):
-            return [
-                step_var.assign(state.step, read_value=False),
-                skipped_var.assign(state.skipped, read_value=False),
-                min_loss_var.assign(state.min_loss, read_value=False),
-                eta_var.assign(eta, read_value=False),
-            ]
-
-        def assign_slot(slot, value):
-            return slot.assign(value, use_locking=lock, read_value=False)
-
-        def take_step():
-            ops = assign_state(result.state, result.effective_learning_rate)
-            for i, ((grad, var), var_slots) in enumerate(zip(pairs, slots)):
-                update = fused.apply_update(
-                    result, i, var, var_slots, grad, assign_slot, lock
-                )
-                update = [op for op in update if op is not None]
-                if var.constraint is not None:
-                    # Projected after the update, as TensorFlow's optimizers do.
-                    with tf.control_dependencies(update):
-                        update = [
-                            var.assign(
-                                var.constraint(var), use_locking=lock, read_value=False
-                            )
-                        ]
-                ops += update
-            return _done_after(ops)
-
-        def skip_step():
-            return _done_after(
-                assign_state(result.skipped_state, result.effective_learning_rate)
-            )
-
-        # The branch runs after `ok`, which depends on every read of the state,
-        # so reads and writes stay apart also in graphs without automatic
-        # control dependencies (ref variables, v1 graphs).
-        if select or l4_rule.selection_is_cheaper(result):
-            result = l4_rule.select_taken(result, moments)
-            done = take_step()
-        else:
-            done = tf.cond(result.ok, take_step, skip_step)
         return tf.group(done)
 
 
@@ -485,7 +409,8 @@ class L4Adam(L4General):
         adam_params: parameters of the Adam direction: ``time_scale_grad``
             (10.0), ``time_scale_var`` (1000.0) and ``epsilon`` (eps_a, 1e-4).
             Defaults to `None` (those defaults).
-        **kwargs: the keyword-only options of `L4General`.
+        loss_lower_bound, max_effective_learning_rate, reduce_loss, carry_loss,
+            use_locking, name: keyword-only, as in `L4General`.
 
     Example:
 
@@ -495,27 +420,7 @@ class L4Adam(L4General):
     >>> _ = opt.minimize(lambda: tf.reduce_sum(w ** 2), var_list=[w])
     """
 
-    def __init__(
-        self,
-        fraction=config.FRACTION,
-        minloss_factor=config.MINLOSS_FACTOR,
-        init_factor=config.INIT_FACTOR,
-        minloss_forget_time=config.MINLOSS_FORGET_TIME,
-        epsilon=config.EPSILON,
-        adam_params=None,
-        **kwargs,
-    ):
-        super().__init__(
-            fraction,
-            minloss_factor,
-            init_factor,
-            minloss_forget_time,
-            epsilon,
-            gradient_estimator="momentum",
-            direction_estimator="adam",
-            direction_params=adam_params,
-            **kwargs,
-        )
+    __init__ = config.preset_init(L4General, "adam", "adam_params")
 
 
 class L4Mom(L4General):
@@ -530,7 +435,8 @@ class L4Mom(L4General):
         mom_params: parameters of the momentum direction: ``time_momentum``
             (10.0). Defaults to `None`. As in the original release, the
             gradient estimate keeps its default time scale.
-        **kwargs: the keyword-only options of `L4General`.
+        loss_lower_bound, max_effective_learning_rate, reduce_loss, carry_loss,
+            use_locking, name: keyword-only, as in `L4General`.
 
     Example:
 
@@ -540,27 +446,7 @@ class L4Mom(L4General):
     >>> _ = opt.minimize(lambda: tf.reduce_sum(w ** 2), var_list=[w])
     """
 
-    def __init__(
-        self,
-        fraction=config.FRACTION,
-        minloss_factor=config.MINLOSS_FACTOR,
-        init_factor=config.INIT_FACTOR,
-        minloss_forget_time=config.MINLOSS_FORGET_TIME,
-        epsilon=config.EPSILON,
-        mom_params=None,
-        **kwargs,
-    ):
-        super().__init__(
-            fraction,
-            minloss_factor,
-            init_factor,
-            minloss_forget_time,
-            epsilon,
-            gradient_estimator="momentum",
-            direction_estimator="momentum",
-            direction_params=mom_params,
-            **kwargs,
-        )
+    __init__ = config.preset_init(L4General, "momentum", "mom_params")
 
 
 def _graph_global_step():
@@ -603,12 +489,6 @@ def _graph_global_step():
 
 def _has_ref_variables(pairs):
     return any(not hasattr(var, "handle") for _, var in pairs)
-
-
-def _done_after(ops):
-    """A tensor that is computed after ``ops`` (tf.cond's branches return tensors)."""
-    with tf.control_dependencies(ops):
-        return tf.constant(True)
 
 
 def _is_floating(value):
@@ -681,7 +561,7 @@ def _dense_gradients(grads_and_vars):
             # TensorFlow's optimizers raise this too.
             raise NotImplementedError("Trying to update a Tensor ", var)
     pairs = [
-        (l4_rule.dense_gradient(g, v), v) for g, v in grads_and_vars if g is not None
+        (execution.dense_gradient(g, v), v) for g, v in grads_and_vars if g is not None
     ]
     if not pairs:
         raise ValueError(

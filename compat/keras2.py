@@ -8,12 +8,12 @@ so `compute_gradients` remembers the loss for the step.
 
 import tensorflow as tf
 
-from L4 import config, distribute, loss_scaling
+from L4 import config as l4_config
+from L4 import distribute, loss_scaling, step_driver
 from L4 import rule as l4_rule
 from L4.compat import keras_step
 
 keras = tf.keras  # Keras 2 here: TensorFlow's rule chose it (see L4.compat)
-loss_scaling.install_keras2()
 
 
 def _assign(variable, value):
@@ -21,7 +21,7 @@ def _assign(variable, value):
 
 
 @keras.utils.register_keras_serializable(package="L4")
-class L4General(keras.optimizers.Optimizer):
+class L4General(step_driver.StateProperties, keras.optimizers.Optimizer):
     """L4 stepsize adaptation, as a Keras 2 optimizer.
 
     At each step, with loss ``L``, the update direction ``v`` and the gradient
@@ -42,11 +42,11 @@ class L4General(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        fraction=config.FRACTION,
-        minloss_factor=config.MINLOSS_FACTOR,
-        init_factor=config.INIT_FACTOR,
-        minloss_forget_time=config.MINLOSS_FORGET_TIME,
-        epsilon=config.EPSILON,
+        fraction=l4_config.FRACTION,
+        minloss_factor=l4_config.MINLOSS_FACTOR,
+        init_factor=l4_config.INIT_FACTOR,
+        minloss_forget_time=l4_config.MINLOSS_FORGET_TIME,
+        epsilon=l4_config.EPSILON,
         gradient_estimator="momentum",
         gradient_params=None,
         direction_estimator="adam",
@@ -58,28 +58,16 @@ class L4General(keras.optimizers.Optimizer):
         name=None,
         **kwargs,
     ):
-        fraction, rule, estimators = keras_step.check_arguments(
-            fraction,
-            minloss_factor,
-            init_factor,
-            minloss_forget_time,
-            epsilon,
-            gradient_estimator,
-            gradient_params,
-            direction_estimator,
-            direction_params,
-            loss_lower_bound,
-            max_effective_learning_rate,
-            kwargs,
-        )
+        fraction, rule, estimators = keras_step.check_arguments(locals(), kwargs)
         super().__init__(name=name or type(self).__name__, **kwargs)
+        loss_scaling.install(loss_scaling.KERAS2)
         self._learning_rate = self._build_learning_rate(fraction)
         self._rule = rule
         self._layout = rule.layout
         self._estimator_config = estimators
-        self._reduce_loss = config.check_callable("reduce_loss", reduce_loss)
-        self._remembered_loss = distribute.PerReplica()
-        self._unscaled_loss = distribute.PerReplica()
+        self._reduce_loss = l4_config.check_callable("reduce_loss", reduce_loss)
+        self._remembered_loss = distribute.ReplicaLocal()
+        self._unscaled_loss = distribute.ReplicaLocal()
         self._step = self._min_loss = self._effective_lr = self._skipped = None
 
     # -- The loss ----------------------------------------------------------
@@ -127,6 +115,7 @@ class L4General(keras.optimizers.Optimizer):
             (), dtype, name="effective_learning_rate"
         )
         # EMAs of half-precision variables are float32, so not "from reference".
+        # "_moments": the attribute Keras tracks in checkpoints since 1.0.
         self._moments = [
             [
                 self.add_variable(
@@ -140,29 +129,15 @@ class L4General(keras.optimizers.Optimizer):
         ]
 
     @property
+    def _state_variables(self):
+        return step_driver.StateVariables(
+            self._step, self._skipped, self._min_loss, self._effective_lr
+        )
+
+    @property
     def fraction(self):
         """alpha: the same as ``learning_rate``."""
         return self.learning_rate
-
-    @property
-    def min_loss(self):
-        """The variable holding L_min (`None` before the optimizer is built)."""
-        return self._min_loss
-
-    @property
-    def effective_learning_rate(self):
-        """The variable holding the last step's eta (`None` before it is built)."""
-        return self._effective_lr
-
-    @property
-    def step_count(self):
-        """The variable holding L4's own step count t (`None` before it is built)."""
-        return self._step
-
-    @property
-    def skipped_steps(self):
-        """The variable counting steps skipped for a non-finite loss or update."""
-        return self._skipped
 
     # -- The step ------------------------------------------------------------
 
@@ -171,11 +146,22 @@ class L4General(keras.optimizers.Optimizer):
         # instead of variable by variable in `update_step`.
         # Keras 2's `apply_gradients` summed the gradients over the replicas
         # of a strategy, if any.
-        loss = keras_step.take_loss(self)
+        loss = keras_step.take_loss(
+            self._remembered_loss, self._reduce_loss, self._rule
+        )
         grads, variables = zip(*grads_and_vars)
-        moments = [self._moments[self._index_dict[self._var_key(v)]] for v in variables]
+        ema_variables = [
+            self._moments[self._index_dict[self._var_key(v)]] for v in variables
+        ]
         keras_step.apply_step(
-            self, grads, variables, moments, self.learning_rate, loss, _assign
+            self._rule,
+            self._state_variables,
+            grads,
+            variables,
+            ema_variables,
+            self.learning_rate,
+            loss,
+            _assign,
         )
         return distribute.merge(lambda: self._after_step(variables))
 
@@ -232,28 +218,7 @@ class L4Adam(L4General):
     >>> model.compile(optimizer=L4.compat.L4Adam(fraction=0.2), loss="mse")
     """
 
-    def __init__(
-        self,
-        fraction=config.FRACTION,
-        minloss_factor=config.MINLOSS_FACTOR,
-        init_factor=config.INIT_FACTOR,
-        minloss_forget_time=config.MINLOSS_FORGET_TIME,
-        epsilon=config.EPSILON,
-        adam_params=None,
-        **kwargs,
-    ):
-        super().__init__(
-            fraction,
-            minloss_factor,
-            init_factor,
-            minloss_forget_time,
-            epsilon,
-            gradient_estimator="momentum",
-            direction_estimator="adam",
-            direction_params=adam_params,
-            **kwargs,
-        )
-        self._estimator_config = dict(adam_params=adam_params)
+    __init__ = l4_config.preset_init(L4General, "adam", "adam_params")
 
 
 @keras.utils.register_keras_serializable(package="L4")
@@ -261,28 +226,7 @@ class L4Mom(L4General):
     """L4 on momentum SGD, for Keras 2. See `L4General`; ``mom_params`` takes
     ``time_momentum`` (10.0) for the direction."""
 
-    def __init__(
-        self,
-        fraction=config.FRACTION,
-        minloss_factor=config.MINLOSS_FACTOR,
-        init_factor=config.INIT_FACTOR,
-        minloss_forget_time=config.MINLOSS_FORGET_TIME,
-        epsilon=config.EPSILON,
-        mom_params=None,
-        **kwargs,
-    ):
-        super().__init__(
-            fraction,
-            minloss_factor,
-            init_factor,
-            minloss_forget_time,
-            epsilon,
-            gradient_estimator="momentum",
-            direction_estimator="momentum",
-            direction_params=mom_params,
-            **kwargs,
-        )
-        self._estimator_config = dict(mom_params=mom_params)
+    __init__ = l4_config.preset_init(L4General, "momentum", "mom_params")
 
 
 class LogL4(keras_step.LogL4Mixin, keras.callbacks.Callback):

@@ -7,8 +7,8 @@ its result back, with the front end's own ``assign``.
 
 import tensorflow as tf
 
-from L4 import config, distribute, fused
-from L4 import rule as l4_rule
+from L4 import config as l4_config
+from L4 import distribute, execution, step_driver
 
 HOW_TO_PASS_LOSS = (
     "In a custom training loop, pass it: "
@@ -17,22 +17,10 @@ HOW_TO_PASS_LOSS = (
 )
 
 
-def check_arguments(
-    fraction,
-    minloss_factor,
-    init_factor,
-    minloss_forget_time,
-    epsilon,
-    gradient_estimator,
-    gradient_params,
-    direction_estimator,
-    direction_params,
-    loss_lower_bound,
-    max_effective_learning_rate,
-    kwargs,
-):
-    """Checks ``L4General``'s arguments; returns ``fraction``, the `Rule` and the
-    estimator arguments to serialize. Removes ``weight_decay`` from ``kwargs``."""
+def check_arguments(arguments, kwargs):
+    """Checks ``L4General``'s arguments (``arguments``: its ``locals()``);
+    returns ``fraction``, the `Rule` and the estimator arguments to serialize.
+    Removes ``weight_decay`` from ``kwargs``."""
     if kwargs.get("weight_decay") is not None:
         raise ValueError(
             "L4 does not support Keras' `weight_decay` (Keras would scale it "
@@ -40,27 +28,20 @@ def check_arguments(
             f"Received: weight_decay={kwargs['weight_decay']!r}"
         )
     kwargs.pop("weight_decay", None)
+    fraction = arguments["fraction"]
     if not callable(fraction):  # a schedule is checked by Keras
-        fraction = config.check_fraction(fraction)
-    rule = config.make_rule(
-        minloss_factor,
-        init_factor,
-        minloss_forget_time,
-        epsilon,
-        gradient_estimator,
-        gradient_params,
-        direction_estimator,
-        direction_params,
-        loss_lower_bound,
-        max_effective_learning_rate,
-    )
-    estimators = dict(
-        gradient_estimator=gradient_estimator,
-        gradient_params=gradient_params,
-        direction_estimator=direction_estimator,
-        direction_params=direction_params,
-    )
+        fraction = l4_config.check_fraction(fraction)
+    rule = l4_config.make_rule(**l4_config.rule_arguments(arguments))
+    estimators = {name: arguments[name] for name in _ESTIMATOR_ARGUMENTS}
     return fraction, rule, estimators
+
+
+_ESTIMATOR_ARGUMENTS = (
+    "gradient_estimator",
+    "gradient_params",
+    "direction_estimator",
+    "direction_params",
+)
 
 
 def rule_config(rule, estimators):
@@ -76,64 +57,41 @@ def rule_config(rule, estimators):
     )
 
 
-def take_loss(opt):
-    """The loss of the whole batch for ``opt``'s step, from the loss this
-    replica remembered (see `L4.distribute.global_loss`)."""
-    loss = distribute.global_loss(opt._remembered_loss.take(), opt._reduce_loss)
-    return config.check_loss(loss, HOW_TO_PASS_LOSS, opt._rule.loss_lower_bound)
+def take_loss(remembered, reduce_loss, rule):
+    """The loss of the whole batch for this step, from the loss this replica
+    remembered (see `L4.distribute.global_loss`)."""
+    loss = distribute.global_loss(remembered.take(), reduce_loss)
+    return l4_config.check_loss(loss, HOW_TO_PASS_LOSS, rule.loss_lower_bound)
 
 
-def apply_step(opt, grads, variables, moments, learning_rate, loss, assign):
-    """One L4 step of the Keras optimizer ``opt`` on all ``variables``.
+def apply_step(
+    rule, state, grads, variables, ema_variables, learning_rate, loss, assign
+):
+    """One L4 step of a Keras optimizer on all ``variables``.
 
     ``grads`` are summed over the replicas of a strategy, if any, and ``loss``
-    is the loss of the whole batch. ``moments[i]`` are variable i's EMA
-    variables, ``opt._step``, ``opt._skipped``, ``opt._min_loss`` and
-    ``opt._effective_lr`` the scalar state, and ``assign(variable, value)``
-    writes one. Under a strategy, the step runs on each device's copies.
+    is the loss of the whole batch. ``state`` holds the scalar state's
+    variables (`L4.step_driver.StateVariables`), ``ema_variables[i]`` variable i's
+    EMA variables, and ``assign(variable, value)`` writes one. Under a
+    strategy, the step runs on each device's copies.
     """
-    grads = [l4_rule.dense_gradient(g, v) for g, v in zip(grads, variables)]
+    grads = [execution.dense_gradient(g, v) for g, v in zip(grads, variables)]
 
     def step(grads, learning_rate, loss):
-        values = [[tf.convert_to_tensor(m) for m in ms] for ms in moments]
-        result = l4_rule.l4_step(
-            opt._rule,
+        step_driver.run_step(
+            rule,
             learning_rate,
             loss,
-            grads=grads,
-            moments=values,
-            state=l4_rule.State(
-                tf.convert_to_tensor(opt._step),
-                tf.convert_to_tensor(opt._min_loss),
-                tf.convert_to_tensor(opt._skipped),
-            ),
+            list(zip(grads, variables)),
+            ema_variables,
+            state,
+            assign,
         )
 
-        def assign_state(state, eta):
-            assign(opt._step, state.step)
-            assign(opt._skipped, state.skipped)
-            assign(opt._min_loss, state.min_loss)
-            assign(opt._effective_lr, eta)
-
-        def take_step():
-            for i, (var, var_moments, grad) in enumerate(
-                zip(variables, moments, grads)
-            ):
-                fused.apply_update(result, i, var, var_moments, grad, assign)
-            assign_state(result.state, result.effective_learning_rate)
-
-        def skip_step():
-            assign_state(result.skipped_state, result.effective_learning_rate)
-
-        if l4_rule.selection_is_cheaper(result):
-            result = l4_rule.select_taken(result, values)
-            take_step()
-        else:
-            tf.cond(result.ok, take_step, skip_step)
-
-    anchor = fused.tf_variable(opt._step)
     distribute.merge(
-        lambda *args: distribute.on_each_device(step, anchor, *args),
+        lambda *args: distribute.on_each_device(
+            step, execution.tf_variable(state.step), *args
+        ),
         grads,
         tf.convert_to_tensor(learning_rate),
         loss,

@@ -8,15 +8,14 @@ t, L_min and the last eta as scalars) and compute each step with
 import keras
 import tensorflow as tf
 
-from L4 import config, distribute, loss_scaling
+from L4 import config as l4_config
+from L4 import distribute, loss_scaling, step_driver
 from L4 import rule as l4_rule
 from L4.compat import keras_step
 
-loss_scaling.install_keras()
-
 
 @keras.saving.register_keras_serializable(package="L4")
-class L4General(keras.optimizers.Optimizer):
+class L4General(step_driver.StateProperties, keras.optimizers.Optimizer):
     """L4 stepsize adaptation, as a Keras 3 optimizer.
 
     At each step, with loss ``L``, the update direction ``v`` and the gradient
@@ -98,11 +97,11 @@ class L4General(keras.optimizers.Optimizer):
 
     def __init__(
         self,
-        fraction=config.FRACTION,
-        minloss_factor=config.MINLOSS_FACTOR,
-        init_factor=config.INIT_FACTOR,
-        minloss_forget_time=config.MINLOSS_FORGET_TIME,
-        epsilon=config.EPSILON,
+        fraction=l4_config.FRACTION,
+        minloss_factor=l4_config.MINLOSS_FACTOR,
+        init_factor=l4_config.INIT_FACTOR,
+        minloss_forget_time=l4_config.MINLOSS_FORGET_TIME,
+        epsilon=l4_config.EPSILON,
         gradient_estimator="momentum",
         gradient_params=None,
         direction_estimator="adam",
@@ -114,28 +113,16 @@ class L4General(keras.optimizers.Optimizer):
         name=None,
         **kwargs,
     ):
-        fraction, rule, estimators = keras_step.check_arguments(
-            fraction,
-            minloss_factor,
-            init_factor,
-            minloss_forget_time,
-            epsilon,
-            gradient_estimator,
-            gradient_params,
-            direction_estimator,
-            direction_params,
-            loss_lower_bound,
-            max_effective_learning_rate,
-            kwargs,
-        )
+        fraction, rule, estimators = keras_step.check_arguments(locals(), kwargs)
         # name=None: Keras names it as its own optimizers (l4_adam, l4_adam_1, ...).
         super().__init__(learning_rate=fraction, name=name, **kwargs)
+        loss_scaling.install(loss_scaling.KERAS)
         self._rule = rule
         self._layout = rule.layout
         self._estimator_config = estimators
-        self._reduce_loss = config.check_callable("reduce_loss", reduce_loss)
-        self._remembered_loss = distribute.PerReplica()
-        self._step_loss = distribute.PerReplica()
+        self._reduce_loss = l4_config.check_callable("reduce_loss", reduce_loss)
+        self._remembered_loss = distribute.ReplicaLocal()
+        self._step_loss = distribute.ReplicaLocal()
         self._step = self._min_loss = self._effective_lr = self._skipped = None
         self._accumulated_loss = None
 
@@ -180,12 +167,13 @@ class L4General(keras.optimizers.Optimizer):
             self._accumulated_loss = self.add_variable(
                 (), dtype=dtype, name="accumulated_loss"
             )
+        # "_moments": the attribute Keras tracks in checkpoints since 1.0.
         self._moments = [
-            [self._add_moment(var, slot) for slot in self._layout.names]
+            [self._add_ema(var, slot) for slot in self._layout.names]
             for var in var_list
         ]
 
-    def _add_moment(self, var, slot_name):
+    def _add_ema(self, var, slot_name):
         prefix = getattr(var, "path", None) or var.name
         return self.add_variable(
             var.shape,
@@ -194,29 +182,15 @@ class L4General(keras.optimizers.Optimizer):
         )
 
     @property
+    def _state_variables(self):
+        return step_driver.StateVariables(
+            self._step, self._skipped, self._min_loss, self._effective_lr
+        )
+
+    @property
     def fraction(self):
         """alpha: the same as ``learning_rate``."""
         return self.learning_rate
-
-    @property
-    def min_loss(self):
-        """The variable holding L_min (`None` before the optimizer is built)."""
-        return self._min_loss
-
-    @property
-    def effective_learning_rate(self):
-        """The variable holding the last step's eta (`None` before the optimizer is built)."""
-        return self._effective_lr
-
-    @property
-    def step_count(self):
-        """The variable holding L4's own step count t (`None` before the optimizer is built)."""
-        return self._step
-
-    @property
-    def skipped_steps(self):
-        """The variable counting steps skipped for a non-finite loss or update."""
-        return self._skipped
 
     # -- The step ------------------------------------------------------------
 
@@ -228,7 +202,9 @@ class L4General(keras.optimizers.Optimizer):
             )
         # Taken on every batch: with gradient accumulation, the loss is
         # accumulated as the gradients are.
-        self._step_loss.put(keras_step.take_loss(self))
+        self._step_loss.put(
+            keras_step.take_loss(self._remembered_loss, self._reduce_loss, self._rule)
+        )
         super()._backend_apply_gradients(grads, trainable_variables)
 
     def _backend_increment_gradient_accumulators(self, grads, acc_grads):
@@ -250,7 +226,7 @@ class L4General(keras.optimizers.Optimizer):
             # The mean gradient of k batches belongs to their mean loss.
             acc = self._accumulated_loss
             loss = (acc + tf.cast(loss, acc.dtype)) / self.gradient_accumulation_steps
-        moments = [
+        ema_variables = [
             self._moments[self._get_variable_index(v)] for v in trainable_variables
         ]
         # Summed over the replicas of a strategy, as Keras sums them.
@@ -259,7 +235,14 @@ class L4General(keras.optimizers.Optimizer):
             for g, _ in self._all_reduce_sum_gradients(zip(grads, trainable_variables))
         ]
         keras_step.apply_step(
-            self, grads, trainable_variables, moments, learning_rate, loss, self.assign
+            self._rule,
+            self._state_variables,
+            grads,
+            trainable_variables,
+            ema_variables,
+            learning_rate,
+            loss,
+            self.assign,
         )
 
     def update_step(self, gradient, variable, learning_rate):
@@ -301,31 +284,7 @@ class L4Adam(L4General):
     >>> model.compile(optimizer=L4.compat.L4Adam(fraction=0.2), loss="mse")
     """
 
-    def __init__(
-        self,
-        fraction=config.FRACTION,
-        minloss_factor=config.MINLOSS_FACTOR,
-        init_factor=config.INIT_FACTOR,
-        minloss_forget_time=config.MINLOSS_FORGET_TIME,
-        epsilon=config.EPSILON,
-        adam_params=None,
-        *,
-        name=None,
-        **kwargs,
-    ):
-        super().__init__(
-            fraction,
-            minloss_factor,
-            init_factor,
-            minloss_forget_time,
-            epsilon,
-            gradient_estimator="momentum",
-            direction_estimator="adam",
-            direction_params=adam_params,
-            name=name,
-            **kwargs,
-        )
-        self._estimator_config = dict(adam_params=adam_params)
+    __init__ = l4_config.preset_init(L4General, "adam", "adam_params")
 
 
 @keras.saving.register_keras_serializable(package="L4")
@@ -342,31 +301,7 @@ class L4Mom(L4General):
     >>> model.compile(optimizer=L4.compat.L4Mom(), loss="mse")
     """
 
-    def __init__(
-        self,
-        fraction=config.FRACTION,
-        minloss_factor=config.MINLOSS_FACTOR,
-        init_factor=config.INIT_FACTOR,
-        minloss_forget_time=config.MINLOSS_FORGET_TIME,
-        epsilon=config.EPSILON,
-        mom_params=None,
-        *,
-        name=None,
-        **kwargs,
-    ):
-        super().__init__(
-            fraction,
-            minloss_factor,
-            init_factor,
-            minloss_forget_time,
-            epsilon,
-            gradient_estimator="momentum",
-            direction_estimator="momentum",
-            direction_params=mom_params,
-            name=name,
-            **kwargs,
-        )
-        self._estimator_config = dict(mom_params=mom_params)
+    __init__ = l4_config.preset_init(L4General, "momentum", "mom_params")
 
 
 class LogL4(keras_step.LogL4Mixin, keras.callbacks.Callback):

@@ -1,7 +1,9 @@
-"""An independent numpy statement of the L4 rule (L4_SPEC.md), for tests only.
+"""An independent numpy statement of the L4 rule (Rolínek & Martius, "L4:
+Practical loss-based stepsize adaptation for deep learning", NeurIPS 2018), for
+tests only.
 
 It shares no code with the package: everything is written out again in float64
-numpy, straight from the specification.
+numpy, straight from the paper.
 """
 
 import numpy as np
@@ -47,7 +49,7 @@ ESTIMATORS = {"momentum": MomentumEstimator, "adam": AdamEstimator}
 
 
 class L4Reference:
-    """The rule of L4_SPEC.md, one `step` at a time, on a list of float64 arrays."""
+    """The paper's rule, one `step` at a time, on a list of float64 arrays."""
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 import L4
 import L4.compat
-from L4 import rule as l4_rule
+from L4 import execution
 
 from harness import (
     EAGER_MODES,
@@ -31,30 +31,30 @@ def _rule(**kwargs):
 @pytest.mark.parametrize(
     "kwargs, dtype, fuse, kind",
     [
-        (L4ADAM, tf.float32, True, l4_rule.ADAM),
-        (L4ADAM, tf.float64, True, l4_rule.ADAM),
-        (L4ADAM, tf.float16, True, l4_rule.GENERAL),  # EMAs in float32
-        (L4ADAM, tf.bfloat16, True, l4_rule.GENERAL),
-        (L4ADAM, tf.float32, False, l4_rule.GENERAL),  # the step taken by selection
-        (L4MOM, tf.float32, True, l4_rule.GENERAL),
-        (L4GENERAL_CUSTOM, tf.float32, True, l4_rule.GENERAL),
+        (L4ADAM, tf.float32, True, execution.ADAM),
+        (L4ADAM, tf.float64, True, execution.ADAM),
+        (L4ADAM, tf.float16, True, execution.GENERAL),  # EMAs in float32
+        (L4ADAM, tf.bfloat16, True, execution.GENERAL),
+        (L4ADAM, tf.float32, False, execution.GENERAL),  # the step taken by selection
+        (L4MOM, tf.float32, True, execution.GENERAL),
+        (L4GENERAL_CUSTOM, tf.float32, True, execution.GENERAL),
         # The gradient estimate is not Adam's first moment: no kernel keeps three EMAs.
         (
             dict(L4ADAM, direction_params={"time_scale_grad": 5.0}),
             tf.float32,
             True,
-            l4_rule.GENERAL,
+            execution.GENERAL,
         ),
     ],
 )
 def test_which_variables_the_adam_kernel_updates(kwargs, dtype, fuse, kind):
     kwargs = {k: v for k, v in kwargs.items() if k != "fraction"}
-    assert l4_rule.update_kind(_rule(**kwargs), dtype, fuse) == kind
+    assert execution.update_kind(_rule(**kwargs), dtype, fuse) == kind
 
 
 def test_without_xla_every_variable_takes_the_general_path(monkeypatch):
-    monkeypatch.setattr(l4_rule, "xla_available", lambda: False)
-    assert l4_rule.update_kind(_rule(**L4ADAM), tf.float32) == l4_rule.GENERAL
+    monkeypatch.setattr(execution, "xla_available", lambda: False)
+    assert execution.update_kind(_rule(**L4ADAM), tf.float32) == execution.GENERAL
 
 
 def _graph_op_types(graph):
@@ -70,7 +70,7 @@ def _xla_functions(graph):
     ]
 
 
-SMALL, LARGE = [3, 2], [128, l4_rule.XLA_MIN_ELEMENTS // 128]
+SMALL, LARGE = [3, 2], [128, execution.XLA_MIN_ELEMENTS // 128]
 
 
 @pytest.mark.parametrize(
@@ -120,7 +120,7 @@ def test_ref_variables_use_the_ref_adam_kernel_where_they_can_branch():
 
 
 def test_without_xla_a_session_graph_compiles_nothing(monkeypatch):
-    monkeypatch.setattr(l4_rule, "xla_available", lambda: False)
+    monkeypatch.setattr(execution, "xla_available", lambda: False)
     with tf.Graph().as_default() as graph:
         w = tf.compat.v1.Variable(tf.ones([3, 2]), use_resource=True)
         L4.L4Adam().minimize(tf.reduce_sum(w**2))
@@ -141,7 +141,7 @@ def test_with_and_without_xla_the_numbers_follow_the_reference(
     mode, name, xla, monkeypatch
 ):
     if not xla:
-        monkeypatch.setattr(l4_rule, "xla_available", lambda: False)
+        monkeypatch.setattr(execution, "xla_available", lambda: False)
     problem = LeastSquares()
     kwargs = L4ADAM if name == "L4Adam" else L4MOM
     for dtype in (tf.float32, tf.float64):
@@ -154,7 +154,7 @@ def test_with_and_without_xla_the_numbers_follow_the_reference(
 @pytest.mark.parametrize("mode", EAGER_MODES)
 def test_keras_front_end_with_and_without_xla(mode, xla, monkeypatch):
     if not xla:
-        monkeypatch.setattr(l4_rule, "xla_available", lambda: False)
+        monkeypatch.setattr(execution, "xla_available", lambda: False)
     problem = LeastSquares()
     actual, _ = run(
         mode, problem, L4.compat.L4Adam, 30, tf.float64, form="keyword_loss"
@@ -197,7 +197,7 @@ def test_checkpoints_of_the_general_path_restore_into_the_fused_one(
             return records
 
     with monkeypatch.context() as patch:
-        patch.setattr(l4_rule, "xla_available", lambda: False)
+        patch.setattr(execution, "xla_available", lambda: False)
         first = train(10)
     second = train(10, restore=True)
     expected = reference_run(problem, 20, **L4ADAM)
@@ -215,7 +215,7 @@ def test_checkpoints_of_the_general_path_restore_into_the_fused_one(
 )
 @pytest.mark.parametrize("mode", MODES)
 def test_large_variables_read_by_xla_follow_the_reference(mode, make_optimizer, kwargs):
-    problem = LeastSquares(n=64, d=128, k=l4_rule.XLA_MIN_ELEMENTS // 128)
+    problem = LeastSquares(n=64, d=128, k=execution.XLA_MIN_ELEMENTS // 128)
     for dtype in (tf.float32, tf.float64):
         actual, _ = run(mode, problem, make_optimizer, 15, dtype)
         assert_records_close(actual, reference_run(problem, 15, **kwargs), dtype)

@@ -1,5 +1,6 @@
 """The tf.compat.v1 API of L4.L4*: calling forms, global steps, state, Saver, tf-slim."""
 
+import inspect
 import os
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import L4
+import L4.compat
 
 from harness import Record, assert_records_close, make_variables, reference_run
 from l4_reference import L4ADAM, L4GENERAL_CUSTOM, L4MOM
@@ -358,11 +360,54 @@ def test_original_argument_order():
     rule = opt._rule
     assert (opt._fraction, rule.minloss_factor, rule.init_factor) == (0.2, 0.8, 0.5)
     assert (rule.minloss_forget_time, rule.epsilon) == (100.0, 1e-10)
-    assert rule.direction.moments[1].decay == pytest.approx(0.99)
+    assert rule.direction_estimator.emas[1].decay == pytest.approx(0.99)
     with pytest.raises(TypeError):
         L4.L4Adam(
             0.2, 0.8, 0.5, 100.0, 1e-10, None, False
         )  # use_locking is keyword-only
+
+
+ORIGINAL = [
+    "fraction",
+    "minloss_factor",
+    "init_factor",
+    "minloss_forget_time",
+    "epsilon",
+]
+
+
+@pytest.mark.parametrize("module", [L4, L4.compat], ids=["v1", "keras"])
+@pytest.mark.parametrize(
+    "name,params", [("L4Adam", "adam_params"), ("L4Mom", "mom_params")]
+)
+def test_presets_keep_the_original_signature(module, name, params):
+    preset = getattr(module, name)
+    parameters = inspect.signature(preset).parameters
+    assert list(parameters)[:6] == ORIGINAL + [params]
+    general = inspect.signature(module.L4General).parameters
+    for option in (
+        "loss_lower_bound",
+        "max_effective_learning_rate",
+        "reduce_loss",
+        "name",
+    ):
+        assert parameters[option].kind is inspect.Parameter.KEYWORD_ONLY
+        assert parameters[option].default == general[option].default
+    opt = preset(
+        0.2,
+        0.8,
+        0.5,
+        100.0,
+        1e-10,
+        {"time_momentum" if params == "mom_params" else "time_scale_var": 100.0},
+        name="custom",
+    )
+    assert opt._rule.direction_estimator.kind == (
+        "adam" if name == "L4Adam" else "momentum"
+    )
+    assert opt._rule.direction_estimator.emas[-1].decay == pytest.approx(0.99)
+    with pytest.raises(TypeError):
+        preset(direction_estimator="momentum")
 
 
 @pytest.mark.parametrize("kind", VARIABLE_KINDS)
