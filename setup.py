@@ -30,7 +30,7 @@ setup(
         "gpu": [f"tensorflow[and-cuda]{TENSORFLOW}"],
         "slim": ["tf-slim>=1.1"],
         "examples": ["scikit-learn", "matplotlib", "tf-slim>=1.1"],
-        "test": ["pytest>=7", "hypothesis", "tf-slim>=1.1", "scikit-learn", "matplotlib"],
+        "test": ["pytest>=7", "pytest-xdist", "hypothesis", "tf-slim>=1.1", "scikit-learn", "matplotlib"],
     },
     classifiers=[
         "Programming Language :: Python :: 3",
