@@ -118,29 +118,20 @@ def update_kind(rule: Rule, var_dtype, fuse: bool = True) -> str:
 def l4_step(
     rule: Rule, fraction, loss, grads, emas, state: State, fuse: bool = True
 ) -> Step:
-    """One L4 step over all variables.
+    """One L4 step over all variables: a `Step`.
 
-    The step is not taken when the loss, ``<v, g>`` or eta is not finite (one
-    bad batch must not poison the EMAs and L_min for good), when the loss is
-    below ``rule.loss_lower_bound``, or when an update could overflow its
-    variable's dtype; the caller branches on ``Step.ok`` (or uses
-    `select_taken`). The arrays are read once, before anything is written
-    (see `_read_arrays`).
+    ``rule`` holds the hyperparameters, ``fraction`` is alpha (a number or a
+    scalar tensor), ``loss`` the current loss, ``grads`` the dense gradients
+    in the variables' dtypes, ``emas[i]`` the values of variable i's EMAs in
+    ``rule.layout`` order (in its ``compute_dtype``) and ``state`` t, L_min
+    and the skip count before the step. ``fuse=False`` keeps fused kernels
+    and XLA passes out, for a caller that takes the step by `select_taken`.
 
-    Args:
-        rule: the hyperparameters, see `L4.rule.Rule`.
-        fraction: alpha, a number or a scalar tensor.
-        loss: L, the current loss, a scalar.
-        grads: dense gradients, one per variable, in the variables' dtypes.
-        emas: for each variable, the values of its EMAs in ``rule.layout``
-            order (in ``compute_dtype`` of the variable's dtype).
-        state: t, L_min and the skip count before this step.
-        fuse: whether fused kernels and XLA passes may serve; `False` when
-            the caller takes the step by `select_taken`.
-
-    Returns:
-        A `Step`. Directions and EMAs are in each variable's compute dtype; eta,
-        L_min and the inner product in ``scalar_dtype`` of the inputs.
+    The step is not taken (``Step.ok`` is false) when the loss, ``<v, g>`` or
+    eta is not finite (one bad batch must not poison the EMAs and L_min for
+    good), when the loss is below ``rule.loss_lower_bound``, or when an update
+    could overflow its variable's dtype. The arrays are read once, before
+    anything is written (see `_read_arrays`).
     """
     dtype = l4_rule.scalar_dtype(loss.dtype, [g.dtype for g in grads])
     powers = Powers(state.step)

@@ -124,6 +124,10 @@ class L4General(step_driver.StateProperties, tf.compat.v1.train.Optimizer):
     >>> _ = opt.minimize(lambda: tf.reduce_sum(w ** 2), var_list=[w])
     """
 
+    # The original release's signature. Each front end's L4General repeats it
+    # (each extends its own optimizer class: tf.compat.v1's, Keras 3's, Keras
+    # 2's, with their own options); the checks behind it are shared
+    # (`L4.config`), and L4Adam / L4Mom are presets (`config.preset_init`).
     def __init__(
         self,
         fraction=config.FRACTION,

@@ -66,7 +66,7 @@ def run_step(
     fraction,
     loss,
     pairs,
-    slots,
+    ema_variables,
     state: StateVariables,
     assign,
     *,
@@ -74,30 +74,21 @@ def run_step(
     select=False,
     apply_constraints=False,
 ):
-    """Computes one L4 step and writes it.
+    """Computes one L4 step and writes it; returns a tensor computed after
+    every write (for the caller's train op in graph mode).
 
-    Args:
-        rule: the `L4.rule.Rule`, its tensors read for this step.
-        fraction: alpha for this step.
-        loss: the loss of the whole batch (summed over replicas already).
-        pairs: ``(dense gradient, variable)`` for every variable.
-        slots: for each variable, its EMA variables in ``rule.layout`` order.
-        state: the scalar state's variables.
-        assign: ``assign(variable, value)`` writes an EMA or a state variable
-            the front end's way; it returns an op, or `None`.
-        use_locking: passed to TensorFlow's fused kernels.
-        select: take every write by selection instead of branching on the
-            step's ``ok`` (graphs that cannot branch around assignments: ref
-            variables under TF2's control flow).
-        apply_constraints: project each variable with its ``constraint``
-            after its update, as TensorFlow's v1 optimizers do (Keras applies
-            constraints itself).
-
-    Returns:
-        A tensor computed after every write (graph mode), for the caller to
-        group into its train op.
+    ``rule`` has its tensors read for this step, ``fraction`` is alpha and
+    ``loss`` the loss of the whole batch. ``pairs`` are ``(dense gradient,
+    variable)``, ``ema_variables[i]`` variable i's EMA variables in
+    ``rule.layout`` order, and ``assign(variable, value)`` writes an EMA or a
+    state variable the front end's way (an op, or `None`). ``select`` takes
+    every write by selection instead of branching on the step's ``ok``
+    (graphs that cannot branch around assignments: ref variables under TF2's
+    control flow). ``apply_constraints`` projects each variable with its
+    ``constraint`` after its update, as TensorFlow's v1 optimizers do (Keras
+    applies constraints itself).
     """
-    emas = [[tf.convert_to_tensor(s) for s in var_slots] for var_slots in slots]
+    emas = [[tf.convert_to_tensor(v) for v in variables] for variables in ema_variables]
     result = execution.l4_step(
         rule,
         fraction,
@@ -107,37 +98,54 @@ def run_step(
         state=state.values(),
         fuse=not select,
     )
+    write = _Writer(pairs, ema_variables, state, assign, use_locking, apply_constraints)
+    # The branch runs after `ok`, which depends on every read of the state,
+    # so reads and writes stay apart also in graphs without automatic
+    # control dependencies (ref variables, v1 graphs).
+    if select or execution.selection_is_cheaper(result):
+        return write.taken(execution.select_taken(result, emas))
+    return tf.cond(
+        result.ok, lambda: write.taken(result), lambda: write.skipped(result)
+    )
 
-    def write_state(new_state):
-        eta = result.effective_learning_rate
+
+class _Writer:
+    """Writes a computed `L4.execution.Step` into a front end's variables."""
+
+    def __init__(self, pairs, ema_variables, state, assign, use_locking, constrain):
+        self._pairs, self._ema_variables, self._state = pairs, ema_variables, state
+        self._assign, self._use_locking, self._constrain = (
+            assign,
+            use_locking,
+            constrain,
+        )
+
+    def taken(self, result):
+        """Every variable, its EMAs and the state after the step."""
+        ops = self._write_state(result.state, result.effective_learning_rate)
+        for i, ((grad, var), emas) in enumerate(zip(self._pairs, self._ema_variables)):
+            update = execution.apply_update(
+                result, i, var, emas, grad, self._assign, self._use_locking
+            )
+            if self._constrain and var.constraint is not None:
+                update = [_constrain(var, update, self._use_locking)]
+            ops += update
+        return _done_after(ops)
+
+    def skipped(self, result):
+        """The state alone: the step not taken, the skip counted."""
+        return _done_after(
+            self._write_state(result.skipped_state, result.effective_learning_rate)
+        )
+
+    def _write_state(self, new_state, eta):
+        state, assign = self._state, self._assign
         return [
             assign(state.step, new_state.step),
             assign(state.skipped, new_state.skipped),
             assign(state.min_loss, new_state.min_loss),
             assign(state.effective_learning_rate, eta),
         ]
-
-    def take_step():
-        ops = write_state(result.state)
-        for i, ((grad, var), var_slots) in enumerate(zip(pairs, slots)):
-            update = execution.apply_update(
-                result, i, var, var_slots, grad, assign, use_locking
-            )
-            if apply_constraints and var.constraint is not None:
-                update = [_constrain(var, update, use_locking)]
-            ops += update
-        return _done_after(ops)
-
-    def skip_step():
-        return _done_after(write_state(result.skipped_state))
-
-    # The branch runs after `ok`, which depends on every read of the state,
-    # so reads and writes stay apart also in graphs without automatic
-    # control dependencies (ref variables, v1 graphs).
-    if select or execution.selection_is_cheaper(result):
-        result = execution.select_taken(result, emas)
-        return take_step()
-    return tf.cond(result.ok, take_step, skip_step)
 
 
 def _constrain(var, update, use_locking):

@@ -40,6 +40,10 @@ class L4General(step_driver.StateProperties, keras.optimizers.Optimizer):
     one: the replicas' shares of the loss are summed, one step for all.
     """
 
+    # The original release's signature. Each front end's L4General repeats it
+    # (each extends its own optimizer class: tf.compat.v1's, Keras 3's, Keras
+    # 2's, with their own options); the checks behind it are shared
+    # (`L4.config`), and L4Adam / L4Mom are presets (`config.preset_init`).
     def __init__(
         self,
         fraction=l4_config.FRACTION,
