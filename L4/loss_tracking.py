@@ -100,7 +100,9 @@ class Remembered:
         if not any(loss is known for known in self.losses):
             self.losses.append(loss)
         if not tf.executing_eagerly():
-            self.gradients.update(_values(g).ref() for g in grads if g is not None)
+            self.gradients.update(
+                _values(g).ref() for g in grads if tf.is_tensor(_values(g))
+            )
         self.handed_over = self.handed_over or handed_over
 
     def loss_for(self, grads):
@@ -108,7 +110,8 @@ class Remembered:
         are its gradients; raises or warns (once per graph) where they are not."""
         if not self.losses or tf.executing_eagerly() or tf.distribute.has_strategy():
             return self.losses[-1] if self.losses else None
-        grads = [_values(g) for g in grads if g is not None]
+        # Symbolic tensors only: what the graph can trace back.
+        grads = [g for g in map(_values, grads) if tf.is_tensor(g) and hasattr(g, "op")]
         if any(g.op.type.endswith("AccumulatorTakeGradient") for g in grads):
             raise ValueError(
                 "L4 is given gradients aggregated over workers (by "
@@ -123,8 +126,8 @@ class Remembered:
                 f"L4: `compute_gradients` was called with {len(self.losses)} "
                 "different losses since the last `apply_gradients` (towers, "
                 "clones?). L4 takes the last one, "
-                f"{self.losses[-1].name!r}, for the combined gradients. "
-                + _HOW_TO_PASS,
+                f"{getattr(self.losses[-1], 'name', self.losses[-1])!r}, for the "
+                "combined gradients. " + _HOW_TO_PASS,
             )
         elif not self.handed_over:
             factors = _common_rescale(grads, self.gradients)

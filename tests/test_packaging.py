@@ -48,7 +48,7 @@ def test_readme_starts_with_the_two_set_up_commands():
     assert block == [
         "bash",
         'python -m pip install ".[cpu,examples]" && python legacy_examples/mnist_mlp.py',
-        "python -m pip install tox && python -m tox",
+        "python -m pip install tox tox-uv && python -m tox",
     ]
 
 
