@@ -16,7 +16,7 @@ TENSORFLOW = ">=2.12,<2.22"
 
 setup(
     name="L4-optimizer",
-    version="1.2.0",
+    version="1.3.0",
     description="L4 loss-based stepsize adaptation for TensorFlow 2 (tf.compat.v1, Keras 2 and Keras 3)",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -1,5 +1,5 @@
 """L4.compat on Keras 2: ``tf.keras`` of TensorFlow 2.12 to 2.15, and ``tf_keras``
-with ``TF_USE_LEGACY_KERAS=1`` on 2.16 and later (tox: tf212-*, tf215-*, tfkeras)."""
+with ``TF_USE_LEGACY_KERAS=1`` on 2.16 and later (tox: tf212, tf215, tfkeras)."""
 
 import numpy as np
 import pytest
