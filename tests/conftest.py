@@ -79,7 +79,7 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "keras3: states Keras 3's API or behaviour (skipped where TensorFlow's "
-        "Keras is Keras 2; test_keras2.py covers that front end)",
+        "Keras is Keras 2; test_keras2.py states Keras 2's own)",
     )
     if os.environ.get("L4_TEST_INSTALLED"):
         # tox sets this: the tests must import the installed package, not the
@@ -100,8 +100,8 @@ def pytest_collection_modifyitems(config, items):
 
     if tensorflow_keras_is_keras_2():
         skip = pytest.mark.skip(
-            reason=f"needs Keras 3; TensorFlow {tf.__version__}'s Keras is Keras 2 "
-            "here (test_keras2.py covers Keras 2)"
+            reason=f"states Keras 3's own API; TensorFlow {tf.__version__}'s Keras "
+            "is Keras 2 here"
         )
         for item in items:
             if item.get_closest_marker("keras3"):

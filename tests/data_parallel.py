@@ -10,7 +10,7 @@ import tensorflow as tf
 import L4
 import L4.compat
 
-from harness import Record
+from harness import record, record_eagerly
 from problems import LeastSquares
 
 STEPS = 50
@@ -78,36 +78,29 @@ def train(
         grads = tape.gradient(loss, var_list)
         opt.apply_gradients(zip(grads, var_list), loss=loss)
 
-    def step(x, y):
-        strategy.run(share, args=(x, y))
+    def rows(data, context):
+        i = context.replica_id_in_sync_group
+        return tf.constant(data[i * n // replicas : (i + 1) * n // replicas])
 
-    if mode == "function":
-        step = tf.function(step)
-    records = []
-    for k in range(steps):
+    def batch(k):
         x = problem.x.astype(np.float32)
         if k == poison_step:
             x = x.copy()
             x[-n // replicas :] = np.nan
-
-        def rows(context, data):
-            i = context.replica_id_in_sync_group
-            return tf.constant(data[i * n // replicas : (i + 1) * n // replicas])
-
-        x_rows, y_rows = (
+        return tuple(
             strategy.experimental_distribute_values_from_function(
-                lambda context, data=data: rows(context, data)
+                functools.partial(rows, data)
             )
             for data in (x, problem.y.astype(np.float32))
         )
-        step(x_rows, y_rows)
-        records.append(
-            Record(
-                [v.numpy() for v in var_list],
-                float(opt.effective_learning_rate.numpy()),
-                float(opt.min_loss.numpy()),
-            )
-        )
+
+    records = record_eagerly(
+        mode,
+        lambda x, y: strategy.run(share, args=(x, y)),
+        opt,
+        var_list,
+        [batch(k) for k in range(steps)],
+    )
     return records, var_list, opt
 
 
@@ -221,11 +214,9 @@ def train_in_session(name, strategy, steps, use_resource=None):
         sess.run(tf.compat.v1.global_variables_initializer())
         for _ in range(steps):
             sess.run(train_op)
-        record = Record(
-            *sess.run([var_list, opt.effective_learning_rate, opt.min_loss])
-        )
+        last = record(opt, var_list, sess)
         copies = [sess.run(list(getattr(v, "values", [v]))) for v in var_list + state]
-    return record, copies
+    return last, copies
 
 
 def free_ports(count):

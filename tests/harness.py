@@ -7,13 +7,19 @@ resource variables), ``graph_default`` (a Session on the variables
 (``tf.function(jit_compile=True)``).
 """
 
+import importlib
 from typing import NamedTuple
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from L4.compat import tensorflow_keras_is_keras_2
+
 from l4_reference import L4Reference
+
+# The Keras whose optimizers L4.compat serves: Keras 3, or Keras 2 as
+# ``tf.keras`` (TF 2.15 and earlier; tf_keras under TF_USE_LEGACY_KERAS).
+keras = tf.keras if tensorflow_keras_is_keras_2() else importlib.import_module("keras")
 
 GRAPH_MODES = ("graph_ref", "graph_resource", "graph_default")
 EAGER_MODES = ("eager", "function", "xla")
@@ -50,20 +56,26 @@ class RecordStepsMixin:
         )
 
 
-def make_variables(mode, values, dtype):
+def make_variables(mode, values, dtype, **var_kwargs):
+    """Variables of ``mode``'s kind holding ``values``; ``var_kwargs`` (e.g. a
+    constraint) go to each."""
     if mode == "graph_default":
         return [
-            tf.compat.v1.get_variable(f"p{i}", initializer=tf.constant(v, dtype))
+            tf.compat.v1.get_variable(
+                f"p{i}", initializer=tf.constant(v, dtype), **var_kwargs
+            )
             for i, v in enumerate(values)
         ]
     if mode in GRAPH_MODES:
         return [
             tf.compat.v1.Variable(
-                tf.constant(v, dtype), use_resource=mode == "graph_resource"
+                tf.constant(v, dtype),
+                use_resource=mode == "graph_resource",
+                **var_kwargs,
             )
             for v in values
         ]
-    return [tf.Variable(tf.constant(v, dtype)) for v in values]
+    return [tf.Variable(tf.constant(v, dtype), **var_kwargs) for v in values]
 
 
 def apply_keras_step(opt, loss_fn, var_list, form="keyword_loss"):
@@ -110,54 +122,144 @@ def apply_step(opt, loss_fn, var_list, form="minimize", **kwargs):
     return opt.apply_gradients(gv, loss=loss, **kwargs)
 
 
-def run(mode, problem, make_optimizer, steps, dtype=tf.float32, form="minimize"):
-    """Trains ``steps`` steps; returns a `Record` after each and the optimizer."""
+# -- The runner: every test that records steps records them here -------------
+
+
+class Run(NamedTuple):
+    records: list  # a `Record` after each step
+    optimizer: object
+    skipped_steps: int  # L4's count at the end (read before a Session closes)
+
+
+def record(opt, var_list, sess=None):
+    """The `Record` of ``var_list`` and ``opt``'s eta and L_min now: fetched
+    in ``sess``, or read eagerly."""
+    fetches = [var_list, opt.effective_learning_rate, opt.min_loss]
+    if sess is not None:
+        return Record(*sess.run(fetches))
+    return Record(
+        [v.numpy() for v in var_list],
+        opt.effective_learning_rate.numpy(),
+        opt.min_loss.numpy(),
+    )
+
+
+def record_session(sess, train_op, opt, var_list, steps, before=None):
+    """Runs ``train_op`` ``steps`` times in ``sess``; ``before(i)`` runs before
+    step i and may return its feed dict. A `Record` after each step."""
     records = []
-    if mode in GRAPH_MODES:
-        with tf.Graph().as_default():
-            var_list = make_variables(mode, problem.init, dtype)
-            opt = make_optimizer()
-            train_op = apply_step(
-                opt, lambda: problem.tf_loss(var_list), var_list, form
-            )
-            with tf.compat.v1.Session() as sess:
-                sess.run(tf.compat.v1.global_variables_initializer())
-                for _ in range(steps):
-                    sess.run(train_op)
-                    params, eta, min_loss = sess.run(
-                        [var_list, opt.effective_learning_rate, opt.min_loss]
-                    )
-                    records.append(Record(params, eta, min_loss))
-        return records, opt
+    for i in range(steps):
+        sess.run(train_op, before(i) if before else None)
+        records.append(record(opt, var_list, sess))
+    return records
 
-    var_list = make_variables(mode, problem.init, dtype)
-    opt = make_optimizer()
 
-    def step():
-        apply_step(opt, lambda: problem.tf_loss(var_list), var_list, form)
-
+def record_eagerly(mode, train_step, opt, var_list, inputs, before=None):
+    """Calls ``train_step(*inputs[i])`` eagerly, in ``tf.function`` or under
+    XLA (``mode``), after ``before(i)``; a `Record` after each step."""
     if mode != "eager":
-        step = tf.function(step, jit_compile=mode == "xla")
-    for _ in range(steps):
-        step()
-        records.append(
-            Record(
-                [v.numpy() for v in var_list],
-                opt.effective_learning_rate.numpy(),
-                opt.min_loss.numpy(),
-            )
+        train_step = tf.function(train_step, jit_compile=mode == "xla")
+    records = []
+    for i, args in enumerate(inputs):
+        if before:
+            before(i)
+        train_step(*args)
+        records.append(record(opt, var_list))
+    return records
+
+
+def run_steps(
+    mode,
+    init,
+    make_optimizer,
+    train_step,
+    inputs,
+    *,
+    dtype=tf.float32,
+    before=None,
+    var_kwargs=None,
+):
+    """Trains variables starting at ``init`` in ``mode``, a step per item of
+    ``inputs`` (a tuple of arrays each, converted to ``dtype``); returns a `Run`.
+
+    ``train_step(opt, var_list, *arrays)`` makes a step: in a Session it is
+    called once, with placeholders for the arrays, and returns the train op;
+    otherwise it is the step itself. ``before(i)`` runs before step i; in a
+    Session it may return a feed dict (e.g. for a fed hyperparameter).
+    """
+    var_kwargs = var_kwargs or {}
+    if mode not in GRAPH_MODES:
+        var_list = make_variables(mode, init, dtype, **var_kwargs)
+        opt = make_optimizer()
+
+        def step(*arrays):
+            train_step(opt, var_list, *arrays)  # a tf.function returns no op
+
+        records = record_eagerly(
+            mode,
+            step,
+            opt,
+            var_list,
+            [tuple(tf.constant(a, dtype) for a in args) for args in inputs],
+            before,
         )
-    return records, opt
+        return Run(records, opt, int(opt.skipped_steps.numpy()))
+    with tf.Graph().as_default():
+        var_list = make_variables(mode, init, dtype, **var_kwargs)
+        opt = make_optimizer()
+        holders = [
+            tf.compat.v1.placeholder(dtype, [None, *np.shape(a)[1:]]) for a in inputs[0]
+        ]
+        train_op = train_step(opt, var_list, *holders)
+
+        def feed(i):
+            return {**dict(zip(holders, inputs[i])), **((before and before(i)) or {})}
+
+        with tf.compat.v1.Session() as sess:
+            sess.run(tf.compat.v1.global_variables_initializer())
+            records = record_session(sess, train_op, opt, var_list, len(inputs), feed)
+            return Run(records, opt, int(sess.run(opt.skipped_steps)))
 
 
-def reference_run(problem, steps, **kwargs):
-    """The numpy reference on the same problem: a `Record` after each step."""
+def run(
+    mode, problem, make_optimizer, steps, dtype=tf.float32, form="minimize", **options
+):
+    """`run_steps` on ``problem``'s whole data, ``steps`` steps asked for in
+    ``form``; ``options``: ``before``, ``var_kwargs``."""
+
+    def train_step(opt, var_list):
+        return apply_step(opt, lambda: problem.tf_loss(var_list), var_list, form)
+
+    return run_steps(
+        mode,
+        problem.init,
+        make_optimizer,
+        train_step,
+        [()] * steps,
+        dtype=dtype,
+        **options,
+    )
+
+
+def reference_run(
+    problem, steps, *, batches=None, fractions=None, project=None, skip=(), **kwargs
+):
+    """The numpy reference (``kwargs``: its arguments); a `Record` after each
+    step. Step i trains on ``batches[i]`` (x, y) if given, else on the whole
+    ``problem``, with alpha ``fractions[i]`` if given; ``project`` maps the
+    parameters after each step (a constraint); a step in ``skip`` changes
+    nothing and reads eta 0, as a skipped step of the optimizer does."""
     ref = L4Reference(problem.init, **kwargs)
     records = []
-    for _ in range(steps):
-        loss, grads = problem.numpy_loss_and_grads(ref.params)
-        ref.step(loss, grads)
-        records.append(Record([p.copy() for p in ref.params], ref.eta, ref.min_loss))
+    for i in range(steps):
+        if i not in skip:
+            data = problem if batches is None else problem.batch(*batches[i])
+            fraction = None if fractions is None else fractions[i]
+            ref.step(*data.numpy_loss_and_grads(ref.params), fraction=fraction)
+            if project is not None:
+                ref.params = [project(p) for p in ref.params]
+        eta = 0.0 if i in skip else ref.eta
+        records.append(Record([p.copy() for p in ref.params], eta, ref.min_loss))
     return records
 
 

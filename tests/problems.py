@@ -1,10 +1,22 @@
 """Small deterministic problems with numpy losses and gradients written by hand."""
 
+import copy
+
 import numpy as np
 import tensorflow as tf
 
 
-class LeastSquares:
+class Problem:
+    """Data ``x``, ``y`` and initial parameters ``init``."""
+
+    def batch(self, x, y):
+        """The same problem on the examples ``x``, ``y`` only."""
+        part = copy.copy(self)
+        part.x, part.y = x, y
+        return part
+
+
+class LeastSquares(Problem):
     """``L = mean_n 0.5 * ||x_n W + b - y_n||^2``; its loss falls steadily."""
 
     def __init__(self, seed=0, n=32, d=4, k=3):
@@ -27,7 +39,7 @@ class LeastSquares:
         return 0.5 * tf.reduce_mean(tf.reduce_sum(r * r, axis=1))
 
 
-class Logistic:
+class Logistic(Problem):
     """``L = mean_n softplus(-y_n (x_n . w + c))`` with labels ``y`` in {-1, 1}."""
 
     def __init__(self, seed=1, n=40, d=5):

@@ -1,7 +1,7 @@
-"""L4.compat in custom loops and model.fit: Keras 3, and on Keras 2 what the two
-share (tests marked keras3 state Keras 3's own API)."""
+"""L4.compat in custom loops and model.fit, on the Keras it serves: Keras 3, or
+Keras 2 (tox: tf212, tf215, tfkeras). Tests marked keras3 state Keras 3's own
+API; test_keras2.py holds what only Keras 2 does."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,13 +13,13 @@ import digits_mlp
 from harness import (
     EAGER_MODES,
     KERAS_FORMS,
-    Record,
     RecordStepsMixin,
     assert_records_close,
+    keras,
     reference_run,
     run,
 )
-from l4_reference import L4ADAM, L4GENERAL_CUSTOM, L4MOM, L4Reference
+from l4_reference import L4ADAM, L4GENERAL_CUSTOM, L4MOM
 from problems import LeastSquares, Logistic
 
 pytestmark = pytest.mark.eager
@@ -47,7 +47,7 @@ OPTIMIZERS = {
 def test_custom_loop_follows_reference(mode, optimizer, dtype):
     make_optimizer, reference_kwargs = OPTIMIZERS[optimizer]
     problem = LeastSquares()
-    actual, _ = run(mode, problem, make_optimizer, 50, dtype, form="keyword_loss")
+    actual = run(mode, problem, make_optimizer, 50, dtype, form="keyword_loss").records
     assert_records_close(actual, reference_run(problem, 50, **reference_kwargs), dtype)
 
 
@@ -62,9 +62,9 @@ def test_custom_loop_follows_reference(mode, optimizer, dtype):
 @pytest.mark.parametrize("mode", EAGER_MODES)
 def test_every_keras_calling_form_gives_the_same_numbers(mode, form):
     problem = Logistic()
-    actual, _ = run(
+    actual = run(
         mode, problem, lambda: L4.compat.L4Mom(fraction=0.25), 20, tf.float64, form
-    )
+    ).records
     expected = reference_run(problem, 20, **keras_alpha(dict(L4MOM, fraction=0.25)))
     assert_records_close(actual, expected, tf.float64)
 
@@ -135,14 +135,13 @@ def test_fit_follows_reference_with_the_exact_batch_loss(optimizer, jit_compile)
         callbacks=[recorder],
     )
 
-    ref = L4Reference(problem.init, **reference_kwargs)
-    expected = []
-    for step in range(30):
-        rows = slice(16 * (step % 2), 16 * (step % 2) + 16)
-        batch = LeastSquares()
-        batch.x, batch.y = problem.x[rows], problem.y[rows]
-        ref.step(*batch.numpy_loss_and_grads(ref.params))
-        expected.append(Record([p.copy() for p in ref.params], ref.eta, ref.min_loss))
+    halves = [problem.x[:16], problem.y[:16]], [problem.x[16:], problem.y[16:]]
+    expected = reference_run(
+        problem,
+        30,
+        batches=[halves[step % 2] for step in range(30)],
+        **reference_kwargs,
+    )
     assert_records_close(recorder.records, expected, tf.float32)
 
 
@@ -184,7 +183,7 @@ def test_a_schedule_as_fraction_sets_alpha_per_step():
         0.3, decay_steps=5, decay_rate=0.5
     )
     problem = Logistic()
-    actual, opt = run(
+    actual, opt, _ = run(
         "eager",
         problem,
         lambda: L4.compat.L4Mom(fraction=schedule),
@@ -192,18 +191,12 @@ def test_a_schedule_as_fraction_sets_alpha_per_step():
         tf.float64,
         form="keyword_loss",
     )
-    ref = L4Reference(problem.init, **L4MOM)
-    expected = []
-    for step in range(12):
-        alpha = float(
-            schedule(step)
-        )  # Keras' schedule, evaluated at t as the optimizer does
-        ref.step(*problem.numpy_loss_and_grads(ref.params), fraction=alpha)
-        expected.append(Record([p.copy() for p in ref.params], ref.eta, ref.min_loss))
+    # Keras' schedule, evaluated at t as the optimizer does.
+    fractions = [float(schedule(step)) for step in range(12)]
+    expected = reference_run(problem, 12, fractions=fractions, **L4MOM)
     assert_records_close(actual, expected, tf.float64)
 
 
-@pytest.mark.keras3
 def test_reduce_lr_on_plateau_and_scheduler_act_on_fraction():
     problem = LeastSquares()
     model = least_squares_model(problem)
@@ -216,7 +209,7 @@ def test_reduce_lr_on_plateau_and_scheduler_act_on_fraction():
         problem.x, problem.y, batch_size=32, epochs=3, verbose=0, callbacks=[plateau]
     )
     # Epoch 0 improves on infinity; epochs 1 and 2 halve alpha after logging it.
-    assert history.history["learning_rate"] == pytest.approx([0.15, 0.15, 0.075])
+    assert logged_rates(history) == pytest.approx([0.15, 0.15, 0.075])
     assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.0375)
 
     scheduler = keras.callbacks.LearningRateScheduler(lambda epoch: 0.1 + 0.05 * epoch)
@@ -228,7 +221,17 @@ def test_reduce_lr_on_plateau_and_scheduler_act_on_fraction():
         verbose=0,
         callbacks=[scheduler, L4.compat.LogL4()],
     )
-    assert history.history["learning_rate"] == pytest.approx([0.1, 0.15, 0.2])
+    assert logged_rates(history) == pytest.approx([0.1, 0.15, 0.2])
+    etas = history.history["effective_learning_rate"]
+    assert etas[-1] == pytest.approx(
+        float(model.optimizer.effective_learning_rate.numpy())
+    )
+
+
+def logged_rates(history):
+    """The learning rate the callbacks log: Keras 2 names it "lr"."""
+    logs = history.history
+    return logs["learning_rate"] if "learning_rate" in logs else logs["lr"]
 
 
 def test_eta_is_proportional_to_fraction():
@@ -329,6 +332,18 @@ def test_keras_file_round_trips_the_optimizer_and_training_continues_exactly(tmp
         m.fit(x, y, batch_size=64, epochs=2, shuffle=False, verbose=0)
     for a, b in zip(loaded.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_mixed_float16_uses_the_true_loss():
+    def wrapped_under_mixed_float16(net):
+        if keras.mixed_precision.global_policy().name == "mixed_float16":
+            assert type(net.optimizer).__name__.startswith("LossScaleOptimizer")
+
+    digits_mlp.assert_mixed_precision_uses_the_true_loss(
+        *digits_mlp.fit_float32_and_mixed_float16(
+            keras, L4.compat.L4Adam, check=wrapped_under_mixed_float16
+        )
+    )
 
 
 def test_checkpoint_restores_mid_training_exactly(tmp_path):

@@ -19,7 +19,10 @@ from harness import (
     Record,
     assert_records_close,
     make_variables,
+    record_session,
     reference_run,
+    run,
+    run_steps,
 )
 from l4_reference import L4ADAM, L4GENERAL_CUSTOM, L4MOM, L4Reference
 from problems import LeastSquares, Logistic
@@ -33,84 +36,6 @@ def _eager_if_needed(mode):
 
 def _modes(modes):
     return [pytest.param(m, marks=_eager_if_needed(m)) for m in modes]
-
-
-def run_v1(mode, problem, make_optimizer, steps, feed=None, var_kwargs=None):
-    """Trains ``problem`` with a v1 optimizer made inside the graph (or eagerly).
-
-    ``feed(step)`` returns a feed dict for Sessions, or is called before each
-    eager step to set variables. ``var_kwargs`` go to every model variable.
-    Returns a `Record` after each step.
-    """
-    var_kwargs = var_kwargs or {}
-    records = []
-    if mode in GRAPH_MODES:
-        with tf.Graph().as_default():
-            var_list = [
-                tf.compat.v1.Variable(
-                    tf.constant(v, tf.float64),
-                    use_resource=mode == "graph_resource",
-                    **var_kwargs,
-                )
-                for v in problem.init
-            ]
-            opt = make_optimizer()
-            train_op = opt.minimize(problem.tf_loss(var_list), var_list=var_list)
-            with tf.compat.v1.Session() as sess:
-                sess.run(tf.compat.v1.global_variables_initializer())
-                for step in range(steps):
-                    sess.run(train_op, feed(step) if feed else None)
-                    records.append(
-                        Record(
-                            *sess.run(
-                                [var_list, opt.effective_learning_rate, opt.min_loss]
-                            )
-                        )
-                    )
-        return records
-    var_list = [
-        tf.Variable(tf.constant(v, tf.float64), **var_kwargs) for v in problem.init
-    ]
-    opt = make_optimizer()
-
-    def train_step():
-        opt.minimize(lambda: problem.tf_loss(var_list), var_list=var_list)
-
-    return run_eagerly(mode, train_step, opt, var_list, steps, before=feed)
-
-
-def run_eagerly(mode, train_step, opt, var_list, steps, before=None, args=None):
-    """Runs ``train_step`` eagerly, in ``tf.function`` or under XLA (``mode``)
-    ``steps`` times, with ``args[i]`` and after ``before(i)``; a `Record` after each."""
-    if mode != "eager":
-        train_step = tf.function(train_step, jit_compile=mode == "xla")
-    records = []
-    for step in range(steps):
-        if before:
-            before(step)
-        train_step(*(args[step] if args else ()))
-        records.append(
-            Record(
-                [v.numpy() for v in var_list],
-                opt.effective_learning_rate.numpy(),
-                opt.min_loss.numpy(),
-            )
-        )
-    return records
-
-
-def reference_with(problem, steps, fractions=None, project=None, **kwargs):
-    """The numpy reference; ``fractions[i]`` is alpha at step i, ``project``
-    maps the parameters after each step (a constraint)."""
-    ref = L4Reference(problem.init, **kwargs)
-    records = []
-    for step in range(steps):
-        loss, grads = problem.numpy_loss_and_grads(ref.params)
-        ref.step(loss, grads, fraction=None if fractions is None else fractions[step])
-        if project is not None:
-            ref.params = [project(p) for p in ref.params]
-        records.append(Record([p.copy() for p in ref.params], ref.eta, ref.min_loss))
-    return records
 
 
 # -- tf.compat.v1: hyperparameters as tensors, variables and callables --------
@@ -136,8 +61,10 @@ def test_fraction_fed_per_step_follows_the_reference(mode):
             return {holder["alpha"]: FRACTIONS[step]}
         holder["alpha"].assign(FRACTIONS[step])
 
-    actual = run_v1(mode, problem, make_optimizer, len(FRACTIONS), feed)
-    expected = reference_with(problem, len(FRACTIONS), FRACTIONS, **L4ADAM)
+    actual = run(
+        mode, problem, make_optimizer, len(FRACTIONS), tf.float64, before=feed
+    ).records
+    expected = reference_run(problem, len(FRACTIONS), fractions=FRACTIONS, **L4ADAM)
     assert_records_close(actual, expected, tf.float64)
 
 
@@ -158,8 +85,10 @@ def test_a_callable_fraction_is_called_at_each_step(mode):
         else:
             holder["alpha"].load(2 * FRACTIONS[step])
 
-    actual = run_v1(mode, problem, make_optimizer, len(FRACTIONS), feed)
-    expected = reference_with(problem, len(FRACTIONS), FRACTIONS, **L4MOM)
+    actual = run(
+        mode, problem, make_optimizer, len(FRACTIONS), tf.float64, before=feed
+    ).records
+    expected = reference_run(problem, len(FRACTIONS), fractions=FRACTIONS, **L4MOM)
     assert_records_close(actual, expected, tf.float64)
 
 
@@ -176,20 +105,21 @@ def test_an_exponential_decay_of_the_global_step_as_fraction(kind):
         )
         opt = L4.L4Adam(fraction=alpha)
         train_op = opt.minimize(problem.tf_loss(var_list), global_step=global_step)
-        records, fractions = [], []
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            for _ in range(steps):
-                fractions.append(float(sess.run(alpha)))
-                sess.run(train_op)
-                params, eta, min_loss = sess.run(
-                    [var_list, opt.effective_learning_rate, opt.min_loss]
-                )
-                records.append(Record(params, eta, min_loss))
+            fractions = []
+            records = record_session(
+                sess,
+                train_op,
+                opt,
+                var_list,
+                steps,
+                before=lambda _: fractions.append(float(sess.run(alpha))),
+            )
             assert sess.run(global_step) == steps
     # alpha is read before the step increments the global step.
     np.testing.assert_allclose(fractions, 0.3 * 0.5 ** (np.arange(steps) / 5), 1e-6)
-    expected = reference_with(problem, steps, fractions, **L4ADAM)
+    expected = reference_run(problem, steps, fractions=fractions, **L4ADAM)
     assert_records_close(records, expected, tf.float64)
 
 
@@ -211,7 +141,7 @@ def test_every_stepsize_hyperparameter_can_be_a_tensor(mode):
         )
         return L4.L4General(**kwargs)
 
-    actual = run_v1(mode, problem, make_optimizer, 15)
+    actual = run(mode, problem, make_optimizer, 15, tf.float64).records
     # init_factor goes through float32 (0.5 is exact there).
     assert_records_close(actual, reference_run(problem, 15, **custom), tf.float64)
 
@@ -281,10 +211,15 @@ def _clip(x):
 @pytest.mark.parametrize("mode", _modes(V1_MODES))
 def test_variable_constraints_are_applied_after_each_update(mode, name):
     problem = LeastSquares()
-    actual = run_v1(
-        mode, problem, getattr(L4, name), 15, var_kwargs=dict(constraint=_clip)
-    )
-    expected = reference_with(
+    actual = run(
+        mode,
+        problem,
+        getattr(L4, name),
+        15,
+        tf.float64,
+        var_kwargs=dict(constraint=_clip),
+    ).records
+    expected = reference_run(
         problem,
         15,
         project=lambda p: np.clip(p, -0.4, 0.4),
@@ -298,18 +233,17 @@ def test_variable_constraints_are_applied_after_each_update(mode, name):
 @pytest.mark.parametrize("mode", EAGER_MODES)
 def test_keras_optimizers_apply_variable_constraints_too(mode):
     problem = LeastSquares()
-    var_list = [tf.Variable(v, constraint=_clip) for v in problem.init]
-    opt = L4.compat.L4Adam()
-
-    def train_step():
-        with tf.GradientTape() as tape:
-            loss = problem.tf_loss(var_list)
-        grads = tape.gradient(loss, var_list)
-        opt.apply_gradients(zip(grads, var_list), loss=loss)
-
-    records = run_eagerly(mode, train_step, opt, var_list, 10)
+    records = run(
+        mode,
+        problem,
+        L4.compat.L4Adam,
+        10,
+        tf.float64,
+        form="keyword_loss",
+        var_kwargs=dict(constraint=_clip),
+    ).records
     alpha = float(np.float32(0.15))  # Keras holds alpha in float32
-    expected = reference_with(
+    expected = reference_run(
         problem, 10, project=lambda p: np.clip(p, -0.4, 0.4), **L4ADAM, fraction=alpha
     )
     assert_records_close(records, expected, tf.float64)
@@ -385,14 +319,7 @@ def test_minimize_works_wherever_adam_does_whatever_the_global_step(case):
         train_op = opt.minimize(problem.tf_loss(var_list), var_list=var_list)
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            records = []
-            for _ in range(5):
-                sess.run(train_op)
-                records.append(
-                    Record(
-                        *sess.run([var_list, opt.effective_learning_rate, opt.min_loss])
-                    )
-                )
+            records = record_session(sess, train_op, opt, var_list, 5)
             assert sess.run(step) == (5 if incremented else 0)
     assert_records_close(records, reference_run(problem, 5, **L4ADAM), tf.float64)
 
@@ -405,17 +332,22 @@ def test_minimize_works_wherever_adam_does_whatever_the_global_step(case):
 @pytest.mark.parametrize("name", ["L4Adam", "L4Mom"])
 def test_a_float32_gradient_for_a_float64_variable_is_cast(mode, name):
     problem = LeastSquares()
-    var_list = [tf.Variable(v, dtype=tf.float64) for v in problem.init]
-    opt = getattr(L4.compat, name)()
 
-    def train_step():
+    def train_step(opt, var_list):
         with tf.GradientTape() as tape:
             loss = problem.tf_loss(var_list)
         grads = [tf.cast(g, tf.float32) for g in tape.gradient(loss, var_list)]
         opt.apply_gradients(zip(grads, var_list), loss=tf.cast(loss, tf.float32))
 
-    records = run_eagerly(mode, train_step, opt, var_list, 20)
-    assert all(v.dtype == tf.float64 for v in var_list)
+    records = run_steps(
+        mode,
+        problem.init,
+        getattr(L4.compat, name),
+        train_step,
+        [()] * 20,
+        dtype=tf.float64,
+    ).records
+    assert all(p.dtype == np.float64 for p in records[-1].params)
     kwargs = dict(
         L4ADAM if name == "L4Adam" else L4MOM, fraction=float(np.float32(0.15))
     )
@@ -447,9 +379,7 @@ def _accumulated_reference(problem, batches, k, **kwargs):
     ref = L4Reference(problem.init, **kwargs)
     records, losses, grads = [], [], []
     for bx, by in batches:
-        batch = LeastSquares()
-        batch.x, batch.y = bx, by
-        loss, grad = batch.numpy_loss_and_grads(ref.params)
+        loss, grad = problem.batch(bx, by).numpy_loss_and_grads(ref.params)
         losses.append(loss)
         grads.append(grad)
         if len(losses) == k:
@@ -473,17 +403,17 @@ def _batches(problem, steps, size=8):
 def test_gradient_accumulation_steps_use_the_mean_loss(mode):
     problem, k = LeastSquares(), 3
     batches = _batches(problem, 12)
-    var_list = [tf.Variable(v) for v in problem.init]
-    opt = L4.compat.L4Adam(gradient_accumulation_steps=k)
 
-    def train_step(bx, by):
+    def train_step(opt, var_list, bx, by):
         with tf.GradientTape() as tape:
             r = tf.matmul(bx, var_list[0]) + var_list[1] - by
             loss = 0.5 * tf.reduce_mean(tf.reduce_sum(r * r, axis=1))
         opt.apply_gradients(zip(tape.gradient(loss, var_list), var_list), loss=loss)
 
-    args = [(tf.constant(bx), tf.constant(by)) for bx, by in batches]
-    records = run_eagerly(mode, train_step, opt, var_list, len(batches), args=args)
+    make_optimizer = lambda: L4.compat.L4Adam(gradient_accumulation_steps=k)  # noqa: E731
+    records, opt, _ = run_steps(
+        mode, problem.init, make_optimizer, train_step, batches, dtype=tf.float64
+    )
     assert int(opt.step_count.numpy()) == len(batches) // k
     alpha = float(np.float32(0.15))
     expected = _accumulated_reference(problem, batches, k, **L4ADAM, fraction=alpha)

@@ -6,7 +6,6 @@ batch, and every replica's copy of the variables and of L4's state must stay
 identical. Multi-worker training runs in test_multi_worker.py.
 """
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -27,7 +26,7 @@ from data_parallel import (
     traced_step,
     train,
 )
-from harness import assert_records_close, reference_run
+from harness import assert_records_close, keras, reference_run
 from problems import LeastSquares
 
 # Strategies are built and run from eager code (v2 behaviour only).

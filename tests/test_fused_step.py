@@ -14,9 +14,9 @@ from L4 import execution
 
 from harness import (
     EAGER_MODES,
-    Record,
     assert_records_close,
     make_variables,
+    record_session,
     reference_run,
     run,
 )
@@ -145,7 +145,7 @@ def test_with_and_without_xla_the_numbers_follow_the_reference(
     problem = LeastSquares()
     kwargs = L4ADAM if name == "L4Adam" else L4MOM
     for dtype in (tf.float32, tf.float64):
-        actual, _ = run(mode, problem, getattr(L4, name), 30, dtype)
+        actual = run(mode, problem, getattr(L4, name), 30, dtype).records
         assert_records_close(actual, reference_run(problem, 30, **kwargs), dtype)
 
 
@@ -156,9 +156,9 @@ def test_keras_front_end_with_and_without_xla(mode, xla, monkeypatch):
     if not xla:
         monkeypatch.setattr(execution, "xla_available", lambda: False)
     problem = LeastSquares()
-    actual, _ = run(
+    actual = run(
         mode, problem, L4.compat.L4Adam, 30, tf.float64, form="keyword_loss"
-    )
+    ).records
     kwargs = dict(L4ADAM, fraction=float(np.float32(0.15)))
     assert_records_close(actual, reference_run(problem, 30, **kwargs), tf.float64)
 
@@ -178,21 +178,12 @@ def test_checkpoints_of_the_general_path_restore_into_the_fused_one(
             opt = L4.L4Adam()
             train_op = opt.minimize(problem.tf_loss(var_list), var_list=var_list)
             saver = tf.compat.v1.train.Saver()
-            records = []
             with tf.compat.v1.Session() as sess:
                 if restore:
                     saver.restore(sess, path)
                 else:
                     sess.run(tf.compat.v1.global_variables_initializer())
-                for _ in range(steps):
-                    sess.run(train_op)
-                    records.append(
-                        Record(
-                            *sess.run(
-                                [var_list, opt.effective_learning_rate, opt.min_loss]
-                            )
-                        )
-                    )
+                records = record_session(sess, train_op, opt, var_list, steps)
                 saver.save(sess, path)
             return records
 
@@ -217,5 +208,5 @@ def test_checkpoints_of_the_general_path_restore_into_the_fused_one(
 def test_large_variables_read_by_xla_follow_the_reference(mode, make_optimizer, kwargs):
     problem = LeastSquares(n=64, d=128, k=execution.XLA_MIN_ELEMENTS // 128)
     for dtype in (tf.float32, tf.float64):
-        actual, _ = run(mode, problem, make_optimizer, 15, dtype)
+        actual = run(mode, problem, make_optimizer, 15, dtype).records
         assert_records_close(actual, reference_run(problem, 15, **kwargs), dtype)

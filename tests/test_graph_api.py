@@ -10,23 +10,17 @@ import tensorflow as tf
 import L4
 import L4.compat
 
-from harness import Record, assert_records_close, make_variables, reference_run
+from harness import (
+    assert_records_close,
+    make_variables,
+    record,
+    record_session,
+    reference_run,
+)
 from l4_reference import L4ADAM, L4GENERAL_CUSTOM, L4MOM
 from problems import LeastSquares, Logistic
 
 VARIABLE_KINDS = ["graph_ref", "graph_resource"]
-
-
-def train_in_session(train_op, var_list, opt, steps, sess=None):
-    """Runs ``train_op`` ``steps`` times; a `Record` after each step."""
-    records = []
-    for _ in range(steps):
-        sess.run(train_op)
-        params, eta, min_loss = sess.run(
-            [var_list, opt.effective_learning_rate, opt.min_loss]
-        )
-        records.append(Record(params, eta, min_loss))
-    return records
 
 
 @pytest.mark.parametrize("kind", VARIABLE_KINDS)
@@ -51,7 +45,7 @@ def test_minimize_with_the_full_v1_signature(kind):
         assert train_op in tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.TRAIN_OP)
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            records = train_in_session(train_op, var_list, opt, 10, sess)
+            records = record_session(sess, train_op, opt, var_list, 10)
             assert sess.run(global_step) == 10
     assert_records_close(records, reference_run(problem, 10, **L4ADAM), tf.float64)
 
@@ -97,7 +91,7 @@ def test_apply_gradients_legacy_forms(kind, form):
         assert train_op.name.startswith("step")
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            records = train_in_session(train_op, var_list, opt, 5, sess)
+            records = record_session(sess, train_op, opt, var_list, 5)
             assert sess.run(global_step) == 5
     assert_records_close(records, reference_run(problem, 5, **L4MOM), tf.float64)
 
@@ -174,7 +168,7 @@ def test_a_global_step_above_zero_does_not_disturb_the_rule(kind):
         train_op = opt.minimize(problem.tf_loss(var_list), global_step=global_step)
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            records = train_in_session(train_op, var_list, opt, 20, sess)
+            records = record_session(sess, train_op, opt, var_list, 20)
             assert sess.run(global_step) == 1020
             assert sess.run(opt.step_count) == 20
     assert_records_close(records, reference_run(problem, 20, **L4ADAM), tf.float64)
@@ -222,10 +216,7 @@ def test_two_optimizers_in_one_graph_keep_their_own_state():
             for _ in range(15):
                 sess.run(train_op)
                 for opt, var_list, records in ((opt1, vars1, r1), (opt2, vars2, r2)):
-                    params, eta, min_loss = sess.run(
-                        [var_list, opt.effective_learning_rate, opt.min_loss]
-                    )
-                    records.append(Record(params, eta, min_loss))
+                    records.append(record(opt, var_list, sess))
     assert_records_close(r1, reference_run(p1, 15, **L4ADAM), tf.float64)
     assert_records_close(r2, reference_run(p2, 15, **L4MOM), tf.float64)
 
@@ -248,10 +239,7 @@ def test_one_optimizer_in_two_graphs_and_sessions():
         for i in (0, 1) if step < 7 else (0,):
             with graphs[i].as_default():
                 sessions[i].run(ops[i])
-                params, eta, min_loss = sessions[i].run(
-                    [var_lists[i], opt.effective_learning_rate, opt.min_loss]
-                )
-                records[i].append(Record(params, eta, min_loss))
+                records[i].append(record(opt, var_lists[i], sessions[i]))
     for sess in sessions:
         sess.close()
     assert_records_close(
@@ -425,16 +413,16 @@ def test_saver_restores_mid_training_exactly(kind, tmp_path):
         saver = tf.compat.v1.train.Saver()
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            train_in_session(train_op, var_list, opt, 20, sess)
+            record_session(sess, train_op, opt, var_list, 20)
             saver.save(sess, path)
-            uninterrupted = train_in_session(train_op, var_list, opt, 30, sess)
+            uninterrupted = record_session(sess, train_op, opt, var_list, 30)
     with tf.Graph().as_default():
         var_list, opt, train_op = build()
         saver = tf.compat.v1.train.Saver()
         with tf.compat.v1.Session() as sess:
             saver.restore(sess, path)
             assert sess.run(opt.step_count) == 20
-            resumed = train_in_session(train_op, var_list, opt, 30, sess)
+            resumed = record_session(sess, train_op, opt, var_list, 30)
     for a, b in zip(resumed, uninterrupted):
         for pa, pb in zip(a.params, b.params):
             np.testing.assert_array_equal(pa, pb)

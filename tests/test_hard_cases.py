@@ -8,8 +8,17 @@ import tensorflow as tf
 import L4
 import L4.compat
 
-import digits_mlp
-from harness import GRAPH_MODES, Record, assert_records_close, make_variables
+from harness import (
+    GRAPH_MODES,
+    Record,
+    RecordStepsMixin,
+    Run,
+    apply_step,
+    assert_records_close,
+    make_variables,
+    reference_run,
+    run_steps,
+)
 from l4_reference import L4ADAM, L4MOM, L4Reference
 from problems import LeastSquares
 
@@ -55,112 +64,47 @@ def _lsq_loss(x, y, w, b):
 def run_batches(
     front, mode, make_optimizer, init, batches, dtype=tf.float64, shift=0.0
 ):
-    """Trains least squares (minus ``shift``) on ``batches``; Records and the optimizer."""
-    records = []
-    if front == "v1" and mode in GRAPH_MODES:
-        with tf.Graph().as_default():
-            var_list = make_variables(mode, init, dtype)
-            x = tf.compat.v1.placeholder(dtype, [None, init[0].shape[0]])
-            y = tf.compat.v1.placeholder(dtype, [None, init[0].shape[1]])
-            opt = make_optimizer()
-            train_op = opt.minimize(
-                _lsq_loss(x, y, *var_list) - shift, var_list=var_list
-            )
-            with tf.compat.v1.Session() as sess:
-                sess.run(tf.compat.v1.global_variables_initializer())
-                for bx, by in batches:
-                    sess.run(train_op, {x: bx, y: by})
-                    records.append(
-                        Record(
-                            *sess.run(
-                                [var_list, opt.effective_learning_rate, opt.min_loss]
-                            )
-                        )
-                    )
-                skipped = sess.run(opt.skipped_steps)
-        return records, skipped
-
-    opt = make_optimizer()
+    """Trains least squares (minus ``shift``) on ``batches``; returns the `Run`."""
     if mode == "fit":
-        model = keras.Sequential(
-            [
-                keras.Input((init[0].shape[0],), dtype=dtype.name),
-                keras.layers.Dense(init[0].shape[1], dtype=dtype.name),
-            ]
-        )
-        model.set_weights(init)
-        model.compile(
-            optimizer=opt,
-            loss=lambda yt, yp: (
-                0.5 * tf.reduce_sum(tf.square(yp - yt), axis=-1) - shift
-            ),
-        )
+        return _fit(make_optimizer, init, batches, dtype, shift)
+    form = "minimize" if front == "v1" else "keyword_loss"
 
-        class Recorder(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                records.append(
-                    Record(
-                        [w.numpy() for w in model.trainable_weights],
-                        opt.effective_learning_rate.numpy(),
-                        opt.min_loss.numpy(),
-                    )
-                )
+    def train_step(opt, var_list, x, y):
+        loss_fn = lambda: _lsq_loss(x, y, *var_list) - shift  # noqa: E731
+        return apply_step(opt, loss_fn, var_list, form)
 
-        xs = np.concatenate([bx for bx, _ in batches])
-        ys = np.concatenate([by for _, by in batches])
-        model.fit(
-            xs,
-            ys,
-            batch_size=len(batches[0][0]),
-            epochs=1,
-            shuffle=False,
-            verbose=0,
-            callbacks=[Recorder()],
-        )
-        return records, int(opt.skipped_steps.numpy())
-
-    var_list = [tf.Variable(tf.constant(v, dtype)) for v in init]
-
-    def step(bx, by):
-        loss_fn = lambda: _lsq_loss(bx, by, *var_list) - shift  # noqa: E731
-        if front == "v1":
-            opt.minimize(loss_fn, var_list=var_list)
-        else:
-            with tf.GradientTape() as tape:
-                loss = loss_fn()
-            opt.apply_gradients(zip(tape.gradient(loss, var_list), var_list), loss=loss)
-
-    if mode != "eager":
-        step = tf.function(step, jit_compile=mode == "xla")
-    for bx, by in batches:
-        step(tf.constant(bx, dtype), tf.constant(by, dtype))
-        records.append(
-            Record(
-                [v.numpy() for v in var_list],
-                opt.effective_learning_rate.numpy(),
-                opt.min_loss.numpy(),
-            )
-        )
-    return records, int(opt.skipped_steps.numpy())
+    return run_steps(mode, init, make_optimizer, train_step, batches, dtype=dtype)
 
 
-def reference_batches(init, batches, skip=(), **kwargs):
-    """The numpy reference on ``batches``; a step in ``skip`` changes nothing."""
-    ref = L4Reference(init, **kwargs)
-    records = []
-    for step, (bx, by) in enumerate(batches):
-        if step not in skip:
-            p = LeastSquares()
-            p.x, p.y = bx, by
-            ref.step(*p.numpy_loss_and_grads(ref.params))
-        records.append(
-            Record(
-                [q.copy() for q in ref.params],
-                ref.eta if step not in skip else 0.0,
-                ref.min_loss,
-            )
-        )
-    return records
+class RecordSteps(RecordStepsMixin, keras.callbacks.Callback):
+    """Records the weights, eta and L_min after every batch."""
+
+
+def _fit(make_optimizer, init, batches, dtype, shift):
+    """`run_batches` in ``model.fit``, a batch a step."""
+    opt = make_optimizer()
+    model = keras.Sequential(
+        [
+            keras.Input((init[0].shape[0],), dtype=dtype.name),
+            keras.layers.Dense(init[0].shape[1], dtype=dtype.name),
+        ]
+    )
+    model.set_weights(init)
+    model.compile(
+        optimizer=opt,
+        loss=lambda yt, yp: 0.5 * tf.reduce_sum(tf.square(yp - yt), axis=-1) - shift,
+    )
+    recorder = RecordSteps()
+    model.fit(
+        np.concatenate([bx for bx, _ in batches]),
+        np.concatenate([by for _, by in batches]),
+        batch_size=len(batches[0][0]),
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[recorder],
+    )
+    return Run(recorder.records, opt, int(opt.skipped_steps.numpy()))
 
 
 def _dtype(mode):
@@ -192,12 +136,12 @@ def test_one_bad_batch_in_50_is_skipped_and_counted(front, mode, value):
     problem = LeastSquares(n=40)
     batches = batches_of(problem, 50, poison=20, value=value)
     dtype = _dtype(mode)
-    actual, skipped = run_batches(
+    actual, _, skipped = run_batches(
         front, mode, _front(front, "L4Adam"), problem.init, batches, dtype
     )
     assert skipped == 1
-    expected = reference_batches(
-        problem.init, batches, skip={20}, **_keras_alpha(L4ADAM, front)
+    expected = reference_run(
+        problem, 50, batches=batches, skip={20}, **_keras_alpha(L4ADAM, front)
     )
     assert_records_close(actual, expected, dtype)
     assert all(np.isfinite(p).all() for p in actual[-1].params)
@@ -217,10 +161,10 @@ def test_a_declared_lower_bound_makes_a_negative_loss_work(front, mode):
     batches = batches_of(problem, 20)
     make = lambda: _front(front, "L4Mom")(loss_lower_bound=-5.0)  # noqa: E731
     dtype = _dtype(mode)
-    actual, skipped = run_batches(
+    actual, _, skipped = run_batches(
         front, mode, make, problem.init, batches, dtype, shift=5.0
     )
-    expected = reference_batches(problem.init, batches, **_keras_alpha(L4MOM, front))
+    expected = reference_run(problem, 20, batches=batches, **_keras_alpha(L4MOM, front))
     # L_min is reported in the loss' own units: the shifted one.
     expected = [Record(r.params, r.eta, r.min_loss - 5.0) for r in expected]
     assert skipped == 0
@@ -252,7 +196,7 @@ def test_a_loss_below_the_bound_is_a_clear_error(front, mode):
 def test_under_xla_a_loss_below_the_bound_skips_the_step():
     """XLA drops assertions; the step is skipped and counted rather than taken."""
     problem = LeastSquares(n=40)
-    records, skipped = run_batches(
+    records, _, skipped = run_batches(
         "compat",
         "xla",
         L4.compat.L4Adam,
@@ -454,20 +398,6 @@ def test_mixed_dtypes_in_one_model(front, mode):
 # -- Mixed precision ---------------------------------------------------------
 
 
-@pytest.mark.eager
-@pytest.mark.keras3
-def test_keras_mixed_float16_uses_the_true_loss():
-    def wrapped_under_mixed_float16(net):
-        if keras.mixed_precision.global_policy().name == "mixed_float16":
-            assert isinstance(net.optimizer, keras.optimizers.LossScaleOptimizer)
-
-    digits_mlp.assert_mixed_precision_uses_the_true_loss(
-        *digits_mlp.fit_float32_and_mixed_float16(
-            keras, L4.compat.L4Adam, check=wrapped_under_mixed_float16
-        )
-    )
-
-
 @pytest.mark.parametrize("loss_scale", [1024.0, "dynamic"])
 def test_tf_compat_v1_loss_scale_wrapper_uses_the_true_loss(loss_scale):
     problem = LeastSquares()
@@ -598,10 +528,8 @@ def test_two_keras_optimizers_in_one_model_train_independently(mode):
     for _ in range(15):
         step()
     for problem, layer, kwargs in ((p1, first, L4ADAM), (p2, second, L4MOM)):
-        ref = L4Reference(problem.init, **_keras_alpha(kwargs, "compat"))
-        for _ in range(15):
-            ref.step(*problem.numpy_loss_and_grads(ref.params))
-        for a, b in zip(layer.get_weights(), ref.params):
+        expected = reference_run(problem, 15, **_keras_alpha(kwargs, "compat"))
+        for a, b in zip(layer.get_weights(), expected[-1].params):
             np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5)
 
 
@@ -622,10 +550,8 @@ def test_one_graph_two_sessions_do_not_mix_state():
         for sess in sessions:
             sess.close()
     for value, steps in zip(values, (9, 4)):
-        ref = L4Reference(problem.init, **L4ADAM)
-        for _ in range(steps):
-            ref.step(*problem.numpy_loss_and_grads(ref.params))
-        for a, b in zip(value, ref.params):
+        expected = reference_run(problem, steps, **L4ADAM)
+        for a, b in zip(value, expected[-1].params):
             np.testing.assert_allclose(a, b, rtol=1e-9)
 
 

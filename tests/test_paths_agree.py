@@ -49,7 +49,7 @@ def final_params(name, mode, gradient, front):
     module = L4 if front == "v1" else L4.compat
     problem = Gathered() if gradient == "sparse" else SmallGradients()
     form = "minimize" if front == "v1" else "keyword_loss"
-    records, _ = run(mode, problem, getattr(module, name), STEPS, form=form)
+    records = run(mode, problem, getattr(module, name), STEPS, form=form).records
     return records[-1]
 
 

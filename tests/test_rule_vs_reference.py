@@ -23,7 +23,7 @@ STEPS = 50
 def test_follows_reference(mode, optimizer, dtype):
     make_optimizer, reference_kwargs = OPTIMIZERS[optimizer]
     problem = PROBLEMS["least_squares"]()
-    actual, _ = run(mode, problem, make_optimizer, STEPS, dtype)
+    actual = run(mode, problem, make_optimizer, STEPS, dtype).records
     assert_records_close(
         actual, reference_run(problem, STEPS, **reference_kwargs), dtype
     )
@@ -33,9 +33,9 @@ def test_follows_reference(mode, optimizer, dtype):
 @pytest.mark.parametrize("mode", MODES)
 def test_every_calling_form_gives_the_same_numbers(mode, form):
     problem = PROBLEMS["logistic"]()
-    actual, _ = run(
+    actual = run(
         mode, problem, lambda: L4.L4Adam(fraction=0.25), 20, tf.float64, form
-    )
+    ).records
     expected = reference_run(problem, 20, fraction=0.25, **L4ADAM)
     assert_records_close(actual, expected, tf.float64)
 
@@ -43,9 +43,9 @@ def test_every_calling_form_gives_the_same_numbers(mode, form):
 def test_reference_is_not_trivially_satisfied():
     """The comparison can fail: another fraction gives other numbers."""
     problem = PROBLEMS["least_squares"]()
-    actual, _ = run(
+    actual = run(
         "graph_resource", problem, lambda: L4.L4Adam(fraction=0.16), 5, tf.float64
-    )
+    ).records
     with pytest.raises(AssertionError):
         assert_records_close(actual, reference_run(problem, 5, **L4ADAM), tf.float64)
 
@@ -54,7 +54,7 @@ def test_reference_is_not_trivially_satisfied():
 def test_first_step_stepsize_formula(mode):
     """At t = 0: eta = alpha * (1 - gamma * gamma0) * L / <v, g>, and v = g = sign-ish."""
     problem = PROBLEMS["least_squares"]()
-    records, _ = run(mode, problem, lambda: L4.L4Mom(), 1, tf.float64)
+    records = run(mode, problem, lambda: L4.L4Mom(), 1, tf.float64).records
     loss, grads = problem.numpy_loss_and_grads(problem.init)
     # At t = 0 L4Mom's v = g = the gradient itself (the bias correction undoes 1 - d).
     inner = sum(float((g * g).sum()) for g in grads)

@@ -8,7 +8,12 @@ import tensorflow as tf
 
 import L4
 
-from harness import Record, assert_records_close, make_variables, reference_run
+from harness import (
+    assert_records_close,
+    make_variables,
+    record_session,
+    reference_run,
+)
 from l4_reference import L4ADAM
 from problems import LeastSquares
 
@@ -26,16 +31,9 @@ def test_create_train_op_follows_the_reference():
         train_op = slim.learning.create_train_op(
             problem.tf_loss(var_list), opt, global_step=global_step
         )
-        records = []
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
-            for _ in range(10):
-                sess.run(train_op)
-                records.append(
-                    Record(
-                        *sess.run([var_list, opt.effective_learning_rate, opt.min_loss])
-                    )
-                )
+            records = record_session(sess, train_op, opt, var_list, 10)
             assert sess.run(global_step) == 10
     assert_records_close(records, reference_run(problem, 10, **L4ADAM), tf.float64)
 
