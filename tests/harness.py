@@ -37,25 +37,6 @@ class Record(NamedTuple):
     min_loss: float
 
 
-class RecordStepsMixin:
-    """A Keras callback (mixed into each Keras' ``Callback``) that records the
-    weights, eta and L_min after every batch in ``records``."""
-
-    def __init__(self):
-        super().__init__()
-        self.records = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        opt = self.model.optimizer
-        self.records.append(
-            Record(
-                [w.numpy() for w in self.model.trainable_weights],
-                opt.effective_learning_rate.numpy(),
-                opt.min_loss.numpy(),
-            )
-        )
-
-
 def make_variables(mode, values, dtype, **var_kwargs):
     """Variables of ``mode``'s kind holding ``values``; ``var_kwargs`` (e.g. a
     constraint) go to each."""
@@ -142,6 +123,19 @@ def record(opt, var_list, sess=None):
         opt.effective_learning_rate.numpy(),
         opt.min_loss.numpy(),
     )
+
+
+class RecordSteps(keras.callbacks.Callback):
+    """A callback for ``model.fit`` that keeps a `Record` after every batch
+    in ``records``."""
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        model = self.model
+        self.records.append(record(model.optimizer, model.trainable_weights))
 
 
 def record_session(sess, train_op, opt, var_list, steps, before=None):

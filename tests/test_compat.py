@@ -13,7 +13,7 @@ import digits_mlp
 from harness import (
     EAGER_MODES,
     KERAS_FORMS,
-    RecordStepsMixin,
+    RecordSteps,
     assert_records_close,
     keras,
     reference_run,
@@ -96,10 +96,6 @@ def test_the_loss_is_used_for_one_step_only():
 def half_squared_error(y_true, y_pred):
     """LeastSquares' loss per example; Keras takes the mean over the batch."""
     return 0.5 * tf.reduce_sum(tf.square(y_pred - y_true), axis=-1)
-
-
-class RecordSteps(RecordStepsMixin, keras.callbacks.Callback):
-    """Records the weights, eta and L_min after every batch."""
 
 
 def least_squares_model(problem, dtype="float32"):

@@ -5,7 +5,6 @@ in ``var_list``, odd global steps (``tf.compat.v1``); gradient dtypes, list
 indices in ``tf.IndexedSlices``, gradient accumulation, default names (Keras).
 """
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,6 +17,7 @@ from harness import (
     GRAPH_MODES,
     Record,
     assert_records_close,
+    keras,
     make_variables,
     record_session,
     reference_run,

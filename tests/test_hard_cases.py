@@ -1,6 +1,5 @@
 """Hard cases and bad input, in both front ends: nothing crashes, nothing is silently corrupted."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,10 +10,11 @@ import L4.compat
 from harness import (
     GRAPH_MODES,
     Record,
-    RecordStepsMixin,
+    RecordSteps,
     Run,
     apply_step,
     assert_records_close,
+    keras,
     make_variables,
     reference_run,
     run_steps,
@@ -74,10 +74,6 @@ def run_batches(
         return apply_step(opt, loss_fn, var_list, form)
 
     return run_steps(mode, init, make_optimizer, train_step, batches, dtype=dtype)
-
-
-class RecordSteps(RecordStepsMixin, keras.callbacks.Callback):
-    """Records the weights, eta and L_min after every batch."""
 
 
 def _fit(make_optimizer, init, batches, dtype, shift):
