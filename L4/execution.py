@@ -115,6 +115,21 @@ def update_kind(rule: Rule, var_dtype, fuse: bool = True) -> str:
     return ADAM if fusable else GENERAL
 
 
+def _adam_kernels(rule, powers, eta, corrections, grads, kinds):
+    """The Adam kernel's arguments per dtype of the variables it updates."""
+    return {
+        g.dtype: adam_kernel(
+            rule.direction_estimator,
+            powers,
+            eta,
+            corrections.epsilons(g)[0],
+            g.dtype,
+        )
+        for g, kind in zip(grads, kinds)
+        if kind == ADAM
+    }
+
+
 def l4_step(
     rule: Rule, fraction, loss, grads, emas, state: State, fuse: bool = True
 ) -> Step:
@@ -160,17 +175,7 @@ def l4_step(
         directions=directions,
         direction_scale=direction_scale,
         emas=new_emas,
-        adam_kernel={
-            grads[i].dtype: adam_kernel(
-                rule.direction_estimator,
-                powers,
-                eta,
-                corrections.epsilons(grads[i])[0],
-                grads[i].dtype,
-            )
-            for i, kind in enumerate(kinds)
-            if kind == ADAM
-        },
+        adam_kernel=_adam_kernels(rule, powers, eta, corrections, grads, kinds),
         state=scalars.state,
         skipped_state=State(
             step=state.step,

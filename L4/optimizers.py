@@ -179,31 +179,24 @@ class L4General(step_driver.StateProperties, tf.compat.v1.train.Optimizer):
         ``carry_loss=True`` the loss is returned in the list instead, as the
         "gradient" of a variable of L4's own (see `L4.loss_tracking`).
         """
+        returned = []  # the value a callable ``loss`` returned
+        differentiated = loss
         if callable(loss):
-            values = []
 
-            def loss_fn():
-                values.append(loss())
-                return values[-1]
+            def differentiated():
+                returned.append(loss())
+                return returned[-1]
 
-            grads_and_vars = super().compute_gradients(
-                loss_fn,
-                var_list,
-                gate_gradients,
-                aggregation_method,
-                colocate_gradients_with_ops,
-                grad_loss,
-            )
-            loss = values[-1]
-        else:
-            grads_and_vars = super().compute_gradients(
-                loss,
-                var_list,
-                gate_gradients,
-                aggregation_method,
-                colocate_gradients_with_ops,
-                grad_loss,
-            )
+        grads_and_vars = super().compute_gradients(
+            differentiated,
+            var_list,
+            gate_gradients,
+            aggregation_method,
+            colocate_gradients_with_ops,
+            grad_loss,
+        )
+        if returned:
+            loss = returned[-1]
         # Under a loss-scale wrapper, ``loss`` is scaled; the wrapper handed
         # over the true one (see L4.loss_scaling).
         unscaled = self._unscaled_loss.take()

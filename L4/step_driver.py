@@ -73,9 +73,12 @@ def run_step(
     use_locking=False,
     select=False,
     apply_constraints=False,
+    train_op=True,
 ):
     """Computes one L4 step and writes it; returns a tensor computed after
-    every write (for the caller's train op in graph mode).
+    every write (the caller's train op), or `None` without ``train_op``
+    (callers that run in functions, where automatic control dependencies
+    order the writes: Keras').
 
     ``rule`` has its tensors read for this step, ``fraction`` is alpha and
     ``loss`` the loss of the whole batch. ``pairs`` are ``(dense gradient,
@@ -103,10 +106,29 @@ def run_step(
     # so reads and writes stay apart also in graphs without automatic
     # control dependencies (ref variables, v1 graphs).
     if select or execution.selection_is_cheaper(result):
-        return write.taken(execution.select_taken(result, emas))
-    return tf.cond(
-        result.ok, lambda: write.taken(result), lambda: write.skipped(result)
+        return _done_after(write.taken(execution.select_taken(result, emas)))
+    done = tf.cond(
+        result.ok,
+        _branch(lambda: write.taken(result), train_op),
+        _branch(lambda: write.skipped(result), train_op),
     )
+    return done if train_op else None
+
+
+def _branch(write, outputs):
+    """A branch of `tf.cond` that runs ``write()`` (the ops it returns), then
+    returns a tensor computed after them, or nothing unless ``outputs``.
+
+    Under XLA a conditional with outputs is computed both ways and selected,
+    over every array the step writes (L4Adam under jit_compile=True, MLP
+    784-2048-2048-10: 1.32 times Adam's step against 1.13 without outputs).
+    """
+
+    def branch():
+        ops = write()
+        return _done_after(ops) if outputs else None
+
+    return branch
 
 
 class _Writer:
@@ -121,7 +143,7 @@ class _Writer:
         )
 
     def taken(self, result):
-        """Every variable, its EMAs and the state after the step."""
+        """Every variable, its EMAs and the state after the step: the ops."""
         ops = self._write_state(result.state, result.effective_learning_rate)
         for i, ((grad, var), emas) in enumerate(zip(self._pairs, self._ema_variables)):
             update = execution.apply_update(
@@ -130,13 +152,11 @@ class _Writer:
             if self._constrain and var.constraint is not None:
                 update = [_constrain(var, update, self._use_locking)]
             ops += update
-        return _done_after(ops)
+        return ops
 
     def skipped(self, result):
-        """The state alone: the step not taken, the skip counted."""
-        return _done_after(
-            self._write_state(result.skipped_state, result.effective_learning_rate)
-        )
+        """The state alone: the step not taken, the skip counted; the ops."""
+        return self._write_state(result.skipped_state, result.effective_learning_rate)
 
     def _write_state(self, new_state, eta):
         state, assign = self._state, self._assign

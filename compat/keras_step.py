@@ -86,6 +86,7 @@ def apply_step(
             ema_variables,
             state,
             assign,
+            train_op=False,
         )
 
     distribute.merge(
