@@ -1,7 +1,7 @@
 """Benchmarks of L4 against TensorFlow's own optimizers, measured side by side.
 
     python benchmarks/run.py --quick              # about 4 minutes on 2 CPU cores
-    python benchmarks/run.py                      # the full run, about 9 minutes
+    python benchmarks/run.py                      # the full run, about 12 minutes
     python benchmarks/run.py --only speed,memory  # some parts
 
 Parts (written to --output as Markdown tables, PNG plots and results.json):

@@ -10,7 +10,7 @@ import tensorflow as tf
 import L4
 import L4.compat
 
-from harness import record, record_eagerly
+from harness import record_eagerly, record_session
 from problems import LeastSquares
 
 STEPS = 50
@@ -212,9 +212,7 @@ def train_in_session(name, strategy, steps, use_resource=None):
     state += [opt.get_slot(v, s) for v in var_list for s in opt.get_slot_names()]
     with tf.compat.v1.Session() as sess:
         sess.run(tf.compat.v1.global_variables_initializer())
-        for _ in range(steps):
-            sess.run(train_op)
-        last = record(opt, var_list, sess)
+        last = record_session(sess, train_op, opt, var_list, steps)[-1]
         copies = [sess.run(list(getattr(v, "values", [v]))) for v in var_list + state]
     return last, copies
 

@@ -1,4 +1,11 @@
-"""Runs an optimizer on a problem in each execution mode and records each step.
+"""The tests' one runner: trains an optimizer in each execution mode and
+records every step, and the numpy reference to compare with.
+
+`run_steps` (and `run`, on a problem's whole data) makes the variables and the
+optimizer for a mode and records with `record_session` or `record_eagerly`;
+tests that build their own graph or loop call those two (or `record`) alone,
+and ``model.fit`` records with `RecordSteps`. `reference_run` gives the
+reference's `Record` per step.
 
 Modes: ``graph_ref`` / ``graph_resource`` (a tf.compat.v1 Session on ref or
 resource variables), ``graph_default`` (a Session on the variables
@@ -207,7 +214,9 @@ def run_steps(
         train_op = train_step(opt, var_list, *holders)
 
         def feed(i):
-            return {**dict(zip(holders, inputs[i])), **((before and before(i)) or {})}
+            fed = dict(zip(holders, inputs[i]))
+            fed.update((before(i) if before else None) or {})
+            return fed
 
         with tf.compat.v1.Session() as sess:
             sess.run(tf.compat.v1.global_variables_initializer())
